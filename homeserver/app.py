@@ -1,0 +1,89 @@
+"""Wiring: the validated config becomes a database, services, routes and listeners."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IListeningPort
+
+from homeserver import signing_key, tls
+from homeserver.api import versions
+from homeserver.config import Config
+from homeserver.http.router import Router
+from homeserver.http.site import HomeserverSite
+from homeserver.storage import Database, open_database
+from homeserver.storage.schema import migrate
+
+logger = logging.getLogger(__name__)
+
+# How long shutdown waits for in-flight requests before closing their connections.
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+class HomeServer:
+    def __init__(self, config: Config, reactor: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.db: Database | None = None
+        self.router = Router()
+        self.sites: list[HomeserverSite] = []
+        self.ports: list[IListeningPort] = []
+        self.signing_key: Any = None
+
+    async def start(self) -> None:
+        config = self.config
+        os.makedirs(config.data_dir, exist_ok=True)
+        self.signing_key = signing_key.load_or_create(config.signing_key_path)
+        if any(listener.tls for listener in config.listeners):
+            tls.ensure_certificate(
+                config.tls.certificate_path, config.tls.private_key_path, config.server_name
+            )
+        self.db = open_database(config.database, self.reactor)
+        version = await migrate(self.db)
+        logger.info("database %s ready at schema version %d", config.database.engine, version)
+        self._register_routes()
+        self._listen()
+
+    def _register_routes(self) -> None:
+        versions.register(self.router, self.config)
+
+    def _listen(self) -> None:
+        for listener in self.config.listeners:
+            site = HomeserverSite(
+                self.router, frozenset(listener.resources), self.config.max_json_body_bytes
+            )
+            if listener.tls:
+                ctx = tls.server_context(
+                    self.config.tls.certificate_path, self.config.tls.private_key_path
+                )
+                port = self.reactor.listenSSL(listener.port, site, ctx, interface=listener.bind)
+            else:
+                port = self.reactor.listenTCP(listener.port, site, interface=listener.bind)
+            self.sites.append(site)
+            self.ports.append(port)
+            scheme = "https" if listener.tls else "http"
+            logger.info(
+                "listening on %s://%s:%d for %s",
+                scheme,
+                listener.bind,
+                port.getHost().port,
+                ", ".join(listener.resources),
+            )
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to a grace period), close the DB."""
+        logger.info("shutting down: no longer accepting connections")
+        await defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        waited = 0.0
+        while any(site.in_flight for site in self.sites) and waited < SHUTDOWN_GRACE_SECONDS:
+            await task.deferLater(self.reactor, 0.05, lambda: None)
+            waited += 0.05
+        remaining = sum(len(site.in_flight) for site in self.sites)
+        if remaining:
+            logger.warning("closing %d requests still in flight after %.0fs", remaining, waited)
+        if self.db is not None:
+            await self.db.close()
+            logger.info("database closed")

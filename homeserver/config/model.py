@@ -1,0 +1,281 @@
+"""The config's shape and its validation. ``template.py`` renders the documented YAML."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import yaml
+
+from federation.room_versions import KNOWN_ROOM_VERSIONS
+from homeserver.config.errors import ConfigError
+from homeserver.config.reader import Section
+
+RESOURCES = ("client", "federation", "keys", "media", "metrics", "admin")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    bind: str
+    port: int
+    tls: bool
+    resources: tuple[str, ...]
+    # Trust X-Forwarded-For from a reverse proxy in front of this listener.
+    x_forwarded: bool = False
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str
+    engine: str  # "sqlite" or "postgres"
+    # SQLite: the file path; PostgreSQL: the libpq DSN (the URL itself).
+    target: str
+    pool_min: int = 1
+    pool_max: int = 10
+    connect_timeout: int = 10
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    certificate_path: str
+    private_key_path: str
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    accept_self_signed: bool = False
+    allow_private_addresses: bool = False
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    static_servers: dict[str, str] = field(default_factory=dict)
+    well_known_server: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    server_name: str
+    data_dir: str
+    public_baseurl: str
+    signing_key_path: str
+    default_room_version: str
+    database: DatabaseConfig
+    listeners: tuple[ListenerConfig, ...]
+    tls: TlsConfig
+    registration_enabled: bool
+    rate_limiting_enabled: bool
+    guest_access: bool
+    room_directory_publish_by_anyone: bool
+    bcrypt_rounds: int
+    outbound: OutboundConfig
+    federation: FederationConfig
+    max_json_body_bytes: int
+    app_service_config_files: tuple[str, ...]
+    log_level: str
+    source_path: str | None = None
+    # The key paths the reader knows, so tests can check the sample documents all of them.
+    known_keys: frozenset[str] = frozenset()
+
+    def listener_for(self, resource: str) -> ListenerConfig | None:
+        for listener in self.listeners:
+            if resource in listener.resources:
+                return listener
+        return None
+
+
+def load_config(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_config(data, source_path=path)
+
+
+def parse_config(data: Any, source_path: str | None = None) -> Config:
+    root = Section("", data)
+    server_name = root.str("server_name")
+    _check_server_name(root, server_name)
+
+    data_dir = os.path.abspath(root.str("data_dir"))
+    signing_key_path = root.str("signing_key_path", os.path.join(data_dir, "signing.key"))
+    default_room_version = str(root._raw("default_room_version", "12"))
+    if default_room_version not in KNOWN_ROOM_VERSIONS:
+        raise root.error(
+            "default_room_version",
+            f"expected one of {', '.join(KNOWN_ROOM_VERSIONS)}, got {default_room_version!r}",
+        )
+
+    database = _database(root.section("database"), data_dir)
+    listeners = tuple(_listener(s) for s in root.sections("listeners"))
+    if not listeners:
+        raise root.error("listeners", "expected at least one listener")
+    seen_addr: set[tuple[str, int]] = set()
+    for i, listener in enumerate(listeners):
+        if (listener.bind, listener.port) in seen_addr:
+            raise ConfigError(
+                f"listeners[{i}]: {listener.bind}:{listener.port} is used by two listeners; "
+                "list every resource on one listener instead"
+            )
+        seen_addr.add((listener.bind, listener.port))
+
+    tls_s = root.section("tls")
+    tls = TlsConfig(
+        certificate_path=tls_s.str("certificate_path", os.path.join(data_dir, "tls.crt")),
+        private_key_path=tls_s.str("private_key_path", os.path.join(data_dir, "tls.key")),
+    )
+    tls_s.done()
+
+    reg = root.section("registration")
+    registration_enabled = reg.bool("enabled", False)
+    reg.done()
+
+    rl = root.section("rate_limiting")
+    rate_limiting_enabled = rl.bool("enabled", True)
+    rl.done()
+
+    rd = root.section("room_directory")
+    publish_by_anyone = rd.bool("publish_by_anyone", False)
+    rd.done()
+
+    ph = root.section("password_hashing")
+    bcrypt_rounds = ph.int("bcrypt_rounds", 12, min=4, max=31)
+    ph.done()
+
+    ob = root.section("outbound_requests")
+    outbound = OutboundConfig(
+        accept_self_signed=ob.bool("accept_self_signed", False),
+        allow_private_addresses=ob.bool("allow_private_addresses", False),
+    )
+    ob.done()
+
+    fed = root.section("federation")
+    static = fed.str_map("static_servers")
+    for name, target in static.items():
+        _check_host_port(fed, f"static_servers.{name}", target)
+    federation = FederationConfig(
+        static_servers=static, well_known_server=fed.str("well_known_server", None)
+    )
+    fed.done()
+
+    lim = root.section("limits")
+    max_json = lim.int("max_json_body_bytes", 10 * 1024 * 1024, min=65536, max=1 << 30)
+    lim.done()
+
+    app_services = tuple(root.str_list("app_service_config_files", []))
+
+    log = root.section("logging")
+    log_level = log.choice("level", LOG_LEVELS, "INFO")
+    log.done()
+
+    client = next((lst for lst in listeners if "client" in lst.resources), None)
+    default_base = ""
+    if client is not None:
+        host = "127.0.0.1" if client.bind in ("0.0.0.0", "::") else client.bind
+        host = f"[{host}]" if ":" in host else host
+        default_base = f"{'https' if client.tls else 'http'}://{host}:{client.port}/"
+    public_baseurl = root.str("public_baseurl", default_base)
+    if public_baseurl and not public_baseurl.endswith("/"):
+        public_baseurl += "/"
+
+    guest_access = root.bool("guest_access", False)
+    root.done()
+
+    return Config(
+        server_name=server_name,
+        data_dir=data_dir,
+        public_baseurl=public_baseurl,
+        signing_key_path=signing_key_path,
+        default_room_version=default_room_version,
+        database=database,
+        listeners=listeners,
+        tls=tls,
+        registration_enabled=registration_enabled,
+        rate_limiting_enabled=rate_limiting_enabled,
+        guest_access=guest_access,
+        room_directory_publish_by_anyone=publish_by_anyone,
+        bcrypt_rounds=bcrypt_rounds,
+        outbound=outbound,
+        federation=federation,
+        max_json_body_bytes=max_json,
+        app_service_config_files=app_services,
+        log_level=log_level,
+        source_path=source_path,
+        known_keys=frozenset(root.known),
+    )
+
+
+def parse_database_url(url: str, data_dir: str | None = None) -> tuple[str, str]:
+    """``sqlite:///path`` → ("sqlite", path); ``postgresql://…`` → ("postgres", url)."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError("a sqlite URL has no host: write sqlite:///absolute/path.db")
+        # sqlite:///abs/path.db names an absolute path; SQLAlchemy's sqlite:////abs works too.
+        path = unquote(parts.path)
+        if path.startswith("//"):
+            path = path[1:]
+        if path and not os.path.isabs(path):
+            path = os.path.join(data_dir or os.getcwd(), path)
+        if not path or path.endswith("/"):
+            raise ValueError("the sqlite URL names no file")
+        return "sqlite", path
+    if parts.scheme in ("postgresql", "postgres"):
+        return "postgres", url
+    raise ValueError("expected a sqlite:/// URL or a postgresql:// DSN")
+
+
+def _database(s: Section, data_dir: str) -> DatabaseConfig:
+    url = s.str("url", f"sqlite://{os.path.join(data_dir, 'homeserver.db')}")
+    try:
+        engine, target = parse_database_url(url, data_dir)
+    except ValueError as e:
+        raise s.error("url", f"{e}, got {url!r}") from None
+    pool_min = s.int("pool_min", 1, min=1, max=100)
+    pool_max = s.int("pool_max", 10, min=1, max=200)
+    if pool_max < pool_min:
+        raise s.error("pool_max", f"must be at least pool_min ({pool_min}), got {pool_max}")
+    timeout = s.int("connect_timeout", 10, min=1, max=300)
+    s.done()
+    return DatabaseConfig(url, engine, target, pool_min, pool_max, timeout)
+
+
+def _listener(s: Section) -> ListenerConfig:
+    bind = s.str("bind", "127.0.0.1")
+    port = s.int("port", min=1, max=65535)
+    tls = s.bool("tls", False)
+    resources = s.str_list("resources")
+    if not resources:
+        raise s.error("resources", f"expected at least one of {', '.join(RESOURCES)}")
+    for i, r in enumerate(resources):
+        if r not in RESOURCES:
+            raise ConfigError(
+                f"{s.path}.resources[{i}]: expected one of {', '.join(RESOURCES)}, got {r!r}"
+            )
+    x_forwarded = s.bool("x_forwarded", False)
+    s.done()
+    return ListenerConfig(bind, port, tls, tuple(dict.fromkeys(resources)), x_forwarded)
+
+
+def _check_server_name(s: Section, name: str) -> None:
+    from federation.identifiers import is_valid_server_name
+
+    if not is_valid_server_name(name):
+        raise s.error(
+            "server_name",
+            f"expected a DNS name or IP literal with an optional port, got {name!r}",
+        )
+
+
+def _check_host_port(s: Section, key: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise s.error(key, f"expected HOST:PORT, got {value!r}")

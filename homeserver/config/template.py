@@ -1,0 +1,152 @@
+"""The documented YAML config that ``homeserver generate-config`` writes.
+
+``config/homeserver.sample.yaml`` is this template rendered with the sample's arguments; a test
+keeps the two equal and checks that every key the loader reads is documented here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TemplateArgs:
+    server_name: str
+    data_dir: str
+    client_listen: tuple[str, int] = ("127.0.0.1", 8008)
+    federation_listen: tuple[str, int] = ("127.0.0.1", 8448)
+    database: str | None = None
+    enable_registration: bool = False
+    dev_federation: bool = False
+    testing: bool = False
+    app_services: list[str] = field(default_factory=list)
+
+
+def _q(value: str) -> str:
+    # JSON strings are valid YAML scalars and escape whatever the operator typed.
+    return json.dumps(value)
+
+
+def _b(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _listeners(args: TemplateArgs) -> str:
+    (chost, cport), (fhost, fport) = args.client_listen, args.federation_listen
+    if (chost, cport) == (fhost, fport):
+        return f"""\
+  # One TLS listener serves every API, as conformance suites and some deployments expect.
+  - bind: {_q(chost)}
+    port: {cport}
+    tls: true
+    resources: [client, federation, keys, media, admin, metrics]
+"""
+    return f"""\
+  # The client-server API (what apps talk to). Put a TLS reverse proxy in front of it,
+  # or set tls: true to serve TLS here with the certificate below.
+  - bind: {_q(chost)}
+    port: {cport}
+    tls: false
+    resources: [client, media, admin, metrics]
+    # Trust X-Forwarded-For from a reverse proxy for client addresses in logs and limits.
+    x_forwarded: false
+  # The server-server API (other homeservers) and the server key endpoints.
+  - bind: {_q(fhost)}
+    port: {fport}
+    tls: true
+    resources: [federation, keys, media]
+"""
+
+
+def render_config(args: TemplateArgs) -> str:
+    data_dir = os.path.abspath(args.data_dir)
+    database = args.database or f"sqlite://{os.path.join(data_dir, 'homeserver.db')}"
+    app_services = (
+        "\n" + "".join(f"  - {_q(p)}\n" for p in args.app_services) if args.app_services else " []\n"
+    )
+    return f"""\
+# Homeserver configuration. Every key is documented here; keys left out take the default shown.
+# A wrong or unknown key stops the server with a message naming it.
+
+# The domain of this server's user IDs (@alice:<server_name>) and room aliases.
+# It cannot change once users exist.
+server_name: {_q(args.server_name)}
+
+# Where the server keeps its database (SQLite), signing key, TLS certificate and media.
+data_dir: {_q(data_dir)}
+
+# The URL clients use to reach the client API. Default: the client listener's address.
+# public_baseurl: "https://matrix.example.com/"
+
+# The ed25519 key that signs this server's events and requests, in the spec's format
+# "ed25519 <key_id> <unpadded base64 seed>". Generated on first start when missing.
+# signing_key_path: "<data_dir>/signing.key"
+
+# The room version of new rooms (1-12).
+default_room_version: "12"
+
+database:
+  # sqlite:///absolute/path.db (embedded, no set-up) or a PostgreSQL DSN such as
+  # postgresql://user:password@host:5432/dbname (production).
+  url: {_q(database)}
+  # PostgreSQL connection pool bounds. SQLite always uses a single writer connection.
+  pool_min: 1
+  pool_max: 10
+  # Seconds to wait for a PostgreSQL connection before failing the request.
+  connect_timeout: 10
+
+# Each listener binds one address and serves the resources it names:
+#   client (client-server API, /.well-known/matrix/client), federation (server-server API,
+#   /.well-known/matrix/server), keys (/_matrix/key), media (content repository), metrics,
+#   admin (operator API). /health is served on every listener.
+listeners:
+{_listeners(args)}
+# The certificate and key for listeners with tls: true. When both files are missing, a
+# self-signed certificate for server_name is generated there on first start.
+tls:
+  certificate_path: {_q(os.path.join(data_dir, "tls.crt"))}
+  private_key_path: {_q(os.path.join(data_dir, "tls.key"))}
+
+registration:
+  # Let anyone register an account without verification (m.login.dummy).
+  enabled: {_b(args.enable_registration)}
+
+rate_limiting:
+  # Rate limits on login, registration and message sending. Off only for tests and benchmarks.
+  enabled: {_b(not args.testing)}
+
+# Allow guest accounts.
+guest_access: {_b(args.testing)}
+
+room_directory:
+  # Let any user publish rooms to the public room directory (otherwise: server admins only).
+  publish_by_anyone: {_b(args.testing)}
+
+password_hashing:
+  # bcrypt cost factor (4-31); 12 costs about 0.25 s a login. 4 is for tests only.
+  bcrypt_rounds: {4 if args.testing else 12}
+
+# Outbound requests: federation, push gateways, application services, URL previews.
+# Both are for tests and demos only: never enable them on a server facing the internet.
+outbound_requests:
+  accept_self_signed: {_b(args.dev_federation)}
+  allow_private_addresses: {_b(args.dev_federation)}
+
+federation:
+  # Server name -> host:port, bypassing discovery (tests and closed deployments).
+  static_servers: {{}}
+  # Serve /.well-known/matrix/server delegating federation to this host:port, if set.
+  # well_known_server: "matrix.example.com:443"
+
+limits:
+  # The largest JSON request body accepted (413 M_TOO_LARGE beyond it).
+  max_json_body_bytes: 10485760
+
+# Application service registration files (YAML), one per bridge or bot.
+app_service_config_files:{app_services}
+logging:
+  # DEBUG, INFO, WARNING or ERROR.
+  level: "INFO"
+"""

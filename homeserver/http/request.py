@@ -1,0 +1,95 @@
+"""The twisted.web request: body size limit while reading, request ids, in-flight tracking."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from typing import Any
+
+from twisted.web.server import Request
+
+from homeserver.http.errors import Codes, MatrixError, too_large
+
+_ids = itertools.count(1)
+
+
+class HomeserverRequest(Request):
+    """A request whose body is never buffered past the site's limit."""
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        self.request_id = f"req-{next(_ids)}"
+        self.start_time = time.monotonic()
+        self.body_limit: int = getattr(channel.site, "max_body_bytes", 10 * 1024 * 1024)
+        self.body_too_large = False
+        self._body_bytes = 0
+        tracker = getattr(channel.site, "in_flight", None)
+        if tracker is not None:
+            tracker.add(self)
+            self.notifyFinish().addBoth(lambda _: tracker.discard(self))
+
+    def gotLength(self, length: int | None) -> None:
+        # Called once the headers are in, before any body byte: the route's own limit
+        # (media uploads) applies from the first chunk on.
+        limit_for = getattr(self.channel.site, "body_limit_for", None)
+        uri = getattr(self.channel, "_path", None)
+        if limit_for is not None and isinstance(uri, bytes):
+            self.body_limit = limit_for(uri.split(b"?", 1)[0])
+        if length is not None and length > self.body_limit:
+            self.body_too_large = True
+            length = 0  # don't let twisted spool a huge body to a temp file
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_too_large:
+            return
+        self._body_bytes += len(data)
+        if self._body_bytes > self.body_limit:
+            # Drop what we have: the handler answers 413 without looking at the body.
+            self.body_too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+    def check_body_size(self) -> None:
+        if self.body_too_large:
+            raise too_large(self.body_limit)
+
+    def read_body(self) -> bytes:
+        self.check_body_size()
+        self.content.seek(0)
+        return self.content.read()  # type: ignore[no-any-return]
+
+    def json_body(self) -> Any:
+        """The body as JSON: 400 M_NOT_JSON if it is not JSON (or not UTF-8)."""
+        raw = self.read_body()
+        try:
+            text = raw.decode("utf-8")
+            return json.loads(text, parse_constant=_reject_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise MatrixError(400, Codes.NOT_JSON, "Content not JSON.") from None
+
+    def json_object(self) -> dict[str, Any]:
+        """The body as a JSON object: 400 M_BAD_JSON for any other JSON value."""
+        body = self.json_body()
+        if not isinstance(body, dict):
+            raise MatrixError(400, Codes.BAD_JSON, "Content must be a JSON object.")
+        return body
+
+    def query_param(self, name: str) -> str | None:
+        values = self.args.get(name.encode("ascii"))
+        if not values:
+            return None
+        try:
+            return values[0].decode("utf-8")  # type: ignore[no-any-return]
+        except UnicodeDecodeError:
+            raise MatrixError(
+                400, Codes.INVALID_PARAM, f"Query parameter {name} is not UTF-8"
+            ) from None
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON, though Python's parser accepts them.
+    raise ValueError(f"{name} is not valid JSON")

@@ -1,0 +1,182 @@
+"""The twisted.web glue: one root resource per listener that dispatches to the router.
+
+It owns what every request gets: the request id, CORS, the error shape, 404/405 for unknown
+routes, the body limit, JSON encoding, the access log, and cancelling work when the client
+goes away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from twisted.web import resource, server
+
+from homeserver.http.context import current_request_id
+from homeserver.http.errors import Codes, MatrixError
+from homeserver.http.request import HomeserverRequest
+from homeserver.http.router import Router
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("homeserver.access")
+
+CORS_HEADERS = {
+    b"Access-Control-Allow-Origin": b"*",
+    b"Access-Control-Allow-Methods": b"GET, HEAD, POST, PUT, DELETE, OPTIONS",
+    b"Access-Control-Allow-Headers": b"X-Requested-With, Content-Type, Authorization, Date",
+    b"Access-Control-Expose-Headers": b"ETag, Content-Disposition",
+}
+_JSON_TYPE = b"application/json"
+
+
+class RawResponse:
+    """A non-JSON reply (health checks, media): bytes with a content type."""
+
+    def __init__(self, status: int, body: bytes, content_type: str) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+
+
+def encode_json(value: Any) -> bytes:
+    # Compact and ASCII-safe; canonical JSON is only needed where it is signed.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class RootResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, router: Router, resources: frozenset[str]) -> None:
+        super().__init__()
+        self.router = router
+        self.resources = resources
+
+    def render(self, request: server.Request) -> int:
+        assert isinstance(request, HomeserverRequest)
+        token = current_request_id.set(request.request_id)
+        try:
+            d = defer.Deferred.fromCoroutine(self._handle(request))
+        finally:
+            current_request_id.reset(token)
+        # The client went away: stop the work (a long poll, a slow query) on its behalf.
+        request.notifyFinish().addErrback(lambda _f: d.cancel())
+        d.addErrback(self._unexpected, request)
+        return server.NOT_DONE_YET
+
+    async def _handle(self, request: HomeserverRequest) -> None:
+        current_request_id.set(request.request_id)
+        method = request.method.decode("ascii", "replace")
+        try:
+            path = request.path.decode("ascii")
+        except UnicodeDecodeError:
+            path = ""
+        for name, value in CORS_HEADERS.items():
+            request.setHeader(name, value)
+        try:
+            if not path:
+                raise MatrixError(400, Codes.UNRECOGNIZED, "Request path is not ASCII")
+            if method == "OPTIONS":
+                # CORS preflight: browsers ask before any cross-origin call.
+                self._write_json(request, 200, {})
+                return
+            route, params, allowed = self.router.match(method, path, self.resources)
+            if route is None:
+                if allowed:
+                    request.setHeader(b"Allow", ", ".join(sorted(set(allowed))).encode())
+                    raise MatrixError(405, Codes.UNRECOGNIZED, "Unrecognized request")
+                raise MatrixError(404, Codes.UNRECOGNIZED, "Unrecognized request")
+            request.check_body_size()
+            result = await route.handler(request, **params)
+            if isinstance(result, RawResponse):
+                self._write_raw(request, result)
+            else:
+                status, body = result
+                self._write_json(request, status, body)
+        except MatrixError as e:
+            for name, value in e.headers.items():
+                request.setHeader(name.encode(), value.encode())
+            self._write_json(request, e.status, e.to_json())
+        except UnicodeDecodeError:
+            self._write_json(
+                request,
+                400,
+                {"errcode": Codes.INVALID_PARAM, "error": "Path parameter is not UTF-8"},
+            )
+        except defer.CancelledError:
+            # The client disconnected; nobody is left to answer.
+            access_logger.info("%s cancelled: client disconnected", _describe(request))
+
+    def _write_json(self, request: HomeserverRequest, status: int, body: Any) -> None:
+        payload = encode_json(body)
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", _JSON_TYPE)
+        request.setHeader(b"Cache-Control", b"no-cache, no-store, must-revalidate")
+        self._finish(request, payload)
+
+    def _write_raw(self, request: HomeserverRequest, response: RawResponse) -> None:
+        request.setResponseCode(response.status)
+        request.setHeader(b"Content-Type", response.content_type.encode())
+        self._finish(request, response.body)
+
+    def _finish(self, request: HomeserverRequest, payload: bytes) -> None:
+        if request._disconnected or request.finished:
+            return
+        request.setHeader(b"Content-Length", str(len(payload)).encode())
+        if request.method != b"HEAD":
+            request.write(payload)
+        request.finish()
+        access_logger.info(
+            "%s %d %.1fms",
+            _describe(request),
+            request.code,
+            (time.monotonic() - request.start_time) * 1000,
+        )
+
+    def _unexpected(self, failure: Failure, request: HomeserverRequest) -> None:
+        token = current_request_id.set(request.request_id)
+        try:
+            logger.error(
+                "unhandled error serving %s",
+                _describe(request),
+                exc_info=(failure.type, failure.value, failure.getTracebackObject()),
+            )
+            self._write_json(
+                request, 500, {"errcode": Codes.UNKNOWN, "error": "Internal server error"}
+            )
+        finally:
+            current_request_id.reset(token)
+
+
+def _describe(request: HomeserverRequest) -> str:
+    # Never log query strings whole: they may carry access tokens.
+    path = request.path.decode("ascii", "replace")
+    return f"{request.getClientAddress().host} {request.method.decode('ascii', 'replace')} {path}"
+
+
+class HomeserverSite(server.Site):
+    """A listener's site: request factory, body limit, and the set of in-flight requests that
+    graceful shutdown waits for."""
+
+    requestFactory = HomeserverRequest
+
+    def __init__(self, router: Router, resources: frozenset[str], max_body_bytes: int) -> None:
+        super().__init__(RootResource(router, resources))
+        self.router = router
+        self.max_body_bytes = max_body_bytes
+        self.in_flight: set[HomeserverRequest] = set()
+        # No "twisted.web" access log lines: ours carry the request id and no query strings.
+        self.noisy = False
+
+    def log(self, request: server.Request) -> None:
+        pass
+
+    def body_limit_for(self, raw_path: bytes) -> int:
+        try:
+            path = raw_path.decode("ascii")
+        except UnicodeDecodeError:
+            return self.max_body_bytes
+        return self.router.body_limit(path) or self.max_body_bytes

@@ -1,0 +1,130 @@
+"""Connections and transactions, always off the reactor thread.
+
+Stores call ``await db.run(desc, fn, *args)``: ``fn(txn, *args)`` runs in a worker thread inside
+one transaction, committed when it returns and rolled back when it raises. SQL is written once
+with ``?`` placeholders; the PostgreSQL engine rewrites them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorThreads
+from twisted.python.threadpool import ThreadPool
+
+from homeserver.config import DatabaseConfig
+
+logger = logging.getLogger(__name__)
+R = TypeVar("R")
+
+# Transactions slower than this are logged, so slow queries show up before users notice.
+SLOW_TXN_SECONDS = 1.0
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached; requests fail fast with a 5xx instead of hanging."""
+
+
+class Txn:
+    """A DB-API cursor with the engine's placeholder style hidden."""
+
+    def __init__(self, cursor: Any, engine: str) -> None:
+        self._cursor = cursor
+        self.engine = engine
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.engine == "postgres" else sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Txn:
+        self._cursor.execute(self._sql(sql), tuple(params))
+        return self
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._cursor.executemany(self._sql(sql), [tuple(r) for r in rows])
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        row = self._cursor.fetchone()
+        return tuple(row) if row is not None else None
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self._cursor.fetchall()]
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)
+
+
+class Database(ABC):
+    """The storage interface every store is written against."""
+
+    engine: str
+
+    def __init__(self, reactor: IReactorThreads, threads_: int) -> None:
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=1, maxthreads=threads_, name=f"db-{self.engine}")
+        self._closed = False
+
+    def start(self) -> None:
+        self._pool.start()
+
+    async def run(self, desc: str, fn: Callable[..., R], *args: Any) -> R:
+        """Run ``fn(txn, *args)`` in one transaction on a worker thread."""
+        if self._closed:
+            raise DatabaseUnavailable("the database is closed")
+        d: defer.Deferred[R] = threads.deferToThreadPool(
+            self._reactor,  # type: ignore[arg-type]
+            self._pool,
+            self._run_in_thread,
+            desc,
+            fn,
+            *args,
+        )
+        return await d
+
+    def _run_in_thread(self, desc: str, fn: Callable[..., R], *args: Any) -> R:
+        start = time.monotonic()
+        try:
+            return self._transaction(fn, *args)
+        finally:
+            elapsed = time.monotonic() - start
+            if elapsed > SLOW_TXN_SECONDS:
+                logger.warning("slow transaction %s took %.2fs", desc, elapsed)
+
+    @abstractmethod
+    def _transaction(self, fn: Callable[..., R], *args: Any) -> R: ...
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Let running transactions finish, then close connections in a worker thread.
+        await threads.deferToThreadPool(
+            self._reactor, self._pool, self._close_connections  # type: ignore[arg-type]
+        )
+        self._pool.stop()
+
+    @abstractmethod
+    def _close_connections(self) -> None: ...
+
+
+def open_database(config: DatabaseConfig, reactor: IReactorThreads | None = None) -> Database:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor  # type: ignore[assignment]
+    assert reactor is not None
+    if config.engine == "sqlite":
+        from homeserver.storage.sqlite import SqliteDatabase
+
+        db: Database = SqliteDatabase(config.target, reactor)
+    else:
+        from homeserver.storage.postgres import PostgresDatabase
+
+        db = PostgresDatabase(config, reactor)
+    db.start()
+    return db
