@@ -7,7 +7,6 @@ import os
 from typing import Any
 
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IListeningPort
 
 from homeserver import signing_key, tls
 from homeserver.api import versions
@@ -30,7 +29,7 @@ class HomeServer:
         self.db: Database | None = None
         self.router = Router()
         self.sites: list[HomeserverSite] = []
-        self.ports: list[IListeningPort] = []
+        self.ports: list[Any] = []
         self.signing_key: Any = None
 
     async def start(self) -> None:
@@ -76,7 +75,8 @@ class HomeServer:
     async def shutdown(self) -> None:
         """Stop accepting, let in-flight requests finish (up to a grace period), close the DB."""
         logger.info("shutting down: no longer accepting connections")
-        await defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        stopping = [p.stopListening() for p in self.ports]
+        await defer.gatherResults([d for d in stopping if d is not None])
         waited = 0.0
         while any(site.in_flight for site in self.sites) and waited < SHUTDOWN_GRACE_SECONDS:
             await task.deferLater(self.reactor, 0.05, lambda: None)

@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from homeserver.config import ConfigError, load_config
 from homeserver.config.template import TemplateArgs, render_config
@@ -115,7 +116,10 @@ def _generate_config(args: argparse.Namespace) -> int:
 
 def _run(config_path: str) -> int:
     config = load_config(config_path)
-    from twisted.internet import defer, reactor
+    from twisted.internet import defer
+    from twisted.internet import reactor as twisted_reactor
+
+    reactor: Any = twisted_reactor
 
     from homeserver.app import HomeServer
     from homeserver.logging_setup import setup_logging
@@ -130,16 +134,16 @@ def _run(config_path: str) -> int:
         except Exception as e:
             logger.error("start-up failed: %s", e, exc_info=not isinstance(e, ConfigError))
             exit_code[0] = 1
-            reactor.stop()  # type: ignore[attr-defined]
+            reactor.stop()
             return
         logger.info("homeserver %s is up", config.server_name)
 
     def on_shutdown() -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(hs.shutdown())
 
-    reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)  # type: ignore[attr-defined]
-    reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(start()))  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
+    reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(start()))
+    reactor.run()
     logger.info("stopped")
     return exit_code[0]
 

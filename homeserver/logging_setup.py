@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
-from twisted.logger import globalLogBeginner, STDLibLogObserver
+from twisted.logger import STDLibLogObserver, globalLogBeginner
 
 from homeserver.http.context import RequestIdFilter
 
@@ -20,4 +21,5 @@ def setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Twisted's own log messages go through the same handler.
-    globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
+    observer: Any = STDLibLogObserver()
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)

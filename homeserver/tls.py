@@ -27,7 +27,7 @@ def ensure_certificate(cert_path: str, key_path: str, server_name: str) -> None:
     host = server_name.rsplit(":", 1)[0] if not server_name.endswith("]") else server_name
     host = host.strip("[]")
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     names: list[x509.GeneralName] = [x509.DNSName("localhost")]
     try:
         names.append(x509.IPAddress(ipaddress.ip_address(host)))
@@ -77,9 +77,9 @@ def server_context(cert_path: str, key_path: str) -> ssl.CertificateOptions:
         for part in cert_pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
     ]
     leaf = ssl.PrivateCertificate.loadPEM(pem_certs[0] + b"\n" + key_pem)
-    chain = [ssl.Certificate.loadPEM(p).original for p in pem_certs[1:]]
+    chain = [ssl.Certificate.loadPEM(p).original.to_cryptography() for p in pem_certs[1:]]
     return ssl.CertificateOptions(
-        privateKey=leaf.privateKey.original,
-        certificate=leaf.original,
+        privateKey=leaf.privateKey.original.to_cryptography_key(),
+        certificate=leaf.original.to_cryptography(),
         extraCertChain=chain or None,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from homeserver.config import Config
-from homeserver.http.errors import MatrixError, Codes
+from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.request import HomeserverRequest
 from homeserver.http.router import JsonResponse, Router
 from homeserver.http.site import RawResponse

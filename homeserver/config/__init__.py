@@ -1,4 +1,4 @@
-"""The validated configuration: YAML in, a typed ``Config`` out, or a ``ConfigError`` naming the key."""
+"""The validated config: YAML in, a typed ``Config`` out, or a ``ConfigError`` naming the key."""
 
 from homeserver.config.errors import ConfigError
 from homeserver.config.model import (

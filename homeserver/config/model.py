@@ -102,11 +102,11 @@ def load_config(path: str) -> Config:
 
 def parse_config(data: Any, source_path: str | None = None) -> Config:
     root = Section("", data)
-    server_name = root.str("server_name")
+    server_name = root.string("server_name")
     _check_server_name(root, server_name)
 
-    data_dir = os.path.abspath(root.str("data_dir"))
-    signing_key_path = root.str("signing_key_path", os.path.join(data_dir, "signing.key"))
+    data_dir = os.path.abspath(root.string("data_dir"))
+    signing_key_path = root.string("signing_key_path", os.path.join(data_dir, "signing.key"))
     default_room_version = str(root._raw("default_room_version", "12"))
     if default_room_version not in KNOWN_ROOM_VERSIONS:
         raise root.error(
@@ -120,7 +120,7 @@ def parse_config(data: Any, source_path: str | None = None) -> Config:
         raise root.error("listeners", "expected at least one listener")
     seen_addr: set[tuple[str, int]] = set()
     for i, listener in enumerate(listeners):
-        if (listener.bind, listener.port) in seen_addr:
+        if listener.port and (listener.bind, listener.port) in seen_addr:
             raise ConfigError(
                 f"listeners[{i}]: {listener.bind}:{listener.port} is used by two listeners; "
                 "list every resource on one listener instead"
@@ -129,31 +129,31 @@ def parse_config(data: Any, source_path: str | None = None) -> Config:
 
     tls_s = root.section("tls")
     tls = TlsConfig(
-        certificate_path=tls_s.str("certificate_path", os.path.join(data_dir, "tls.crt")),
-        private_key_path=tls_s.str("private_key_path", os.path.join(data_dir, "tls.key")),
+        certificate_path=tls_s.string("certificate_path", os.path.join(data_dir, "tls.crt")),
+        private_key_path=tls_s.string("private_key_path", os.path.join(data_dir, "tls.key")),
     )
     tls_s.done()
 
     reg = root.section("registration")
-    registration_enabled = reg.bool("enabled", False)
+    registration_enabled = reg.boolean("enabled", False)
     reg.done()
 
     rl = root.section("rate_limiting")
-    rate_limiting_enabled = rl.bool("enabled", True)
+    rate_limiting_enabled = rl.boolean("enabled", True)
     rl.done()
 
     rd = root.section("room_directory")
-    publish_by_anyone = rd.bool("publish_by_anyone", False)
+    publish_by_anyone = rd.boolean("publish_by_anyone", False)
     rd.done()
 
     ph = root.section("password_hashing")
-    bcrypt_rounds = ph.int("bcrypt_rounds", 12, min=4, max=31)
+    bcrypt_rounds = ph.integer("bcrypt_rounds", 12, min=4, max=31)
     ph.done()
 
     ob = root.section("outbound_requests")
     outbound = OutboundConfig(
-        accept_self_signed=ob.bool("accept_self_signed", False),
-        allow_private_addresses=ob.bool("allow_private_addresses", False),
+        accept_self_signed=ob.boolean("accept_self_signed", False),
+        allow_private_addresses=ob.boolean("allow_private_addresses", False),
     )
     ob.done()
 
@@ -162,12 +162,12 @@ def parse_config(data: Any, source_path: str | None = None) -> Config:
     for name, target in static.items():
         _check_host_port(fed, f"static_servers.{name}", target)
     federation = FederationConfig(
-        static_servers=static, well_known_server=fed.str("well_known_server", None)
+        static_servers=static, well_known_server=fed.string("well_known_server", None)
     )
     fed.done()
 
     lim = root.section("limits")
-    max_json = lim.int("max_json_body_bytes", 10 * 1024 * 1024, min=65536, max=1 << 30)
+    max_json = lim.integer("max_json_body_bytes", 10 * 1024 * 1024, min=65536, max=1 << 30)
     lim.done()
 
     app_services = tuple(root.str_list("app_service_config_files", []))
@@ -182,11 +182,11 @@ def parse_config(data: Any, source_path: str | None = None) -> Config:
         host = "127.0.0.1" if client.bind in ("0.0.0.0", "::") else client.bind
         host = f"[{host}]" if ":" in host else host
         default_base = f"{'https' if client.tls else 'http'}://{host}:{client.port}/"
-    public_baseurl = root.str("public_baseurl", default_base)
+    public_baseurl = root.string("public_baseurl", default_base)
     if public_baseurl and not public_baseurl.endswith("/"):
         public_baseurl += "/"
 
-    guest_access = root.bool("guest_access", False)
+    guest_access = root.boolean("guest_access", False)
     root.done()
 
     return Config(
@@ -234,24 +234,25 @@ def parse_database_url(url: str, data_dir: str | None = None) -> tuple[str, str]
 
 
 def _database(s: Section, data_dir: str) -> DatabaseConfig:
-    url = s.str("url", f"sqlite://{os.path.join(data_dir, 'homeserver.db')}")
+    url = s.string("url", f"sqlite://{os.path.join(data_dir, 'homeserver.db')}")
     try:
         engine, target = parse_database_url(url, data_dir)
     except ValueError as e:
         raise s.error("url", f"{e}, got {url!r}") from None
-    pool_min = s.int("pool_min", 1, min=1, max=100)
-    pool_max = s.int("pool_max", 10, min=1, max=200)
+    pool_min = s.integer("pool_min", 1, min=1, max=100)
+    pool_max = s.integer("pool_max", 10, min=1, max=200)
     if pool_max < pool_min:
         raise s.error("pool_max", f"must be at least pool_min ({pool_min}), got {pool_max}")
-    timeout = s.int("connect_timeout", 10, min=1, max=300)
+    timeout = s.integer("connect_timeout", 10, min=1, max=300)
     s.done()
     return DatabaseConfig(url, engine, target, pool_min, pool_max, timeout)
 
 
 def _listener(s: Section) -> ListenerConfig:
-    bind = s.str("bind", "127.0.0.1")
-    port = s.int("port", min=1, max=65535)
-    tls = s.bool("tls", False)
+    bind = s.string("bind", "127.0.0.1")
+    # 0 picks a free port (tests); the log line says which.
+    port = s.integer("port", min=0, max=65535)
+    tls = s.boolean("tls", False)
     resources = s.str_list("resources")
     if not resources:
         raise s.error("resources", f"expected at least one of {', '.join(RESOURCES)}")
@@ -260,7 +261,7 @@ def _listener(s: Section) -> ListenerConfig:
             raise ConfigError(
                 f"{s.path}.resources[{i}]: expected one of {', '.join(RESOURCES)}, got {r!r}"
             )
-    x_forwarded = s.bool("x_forwarded", False)
+    x_forwarded = s.boolean("x_forwarded", False)
     s.done()
     return ListenerConfig(bind, port, tls, tuple(dict.fromkeys(resources)), x_forwarded)
 

@@ -3,6 +3,7 @@ and a check that no unknown key slipped in (a typo must not be silently ignored)
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -36,7 +37,7 @@ class Section:
             return default
         return self.data[key]
 
-    def str(self, key: str, default: Any = _REQUIRED) -> Any:
+    def string(self, key: str, default: Any = _REQUIRED) -> Any:
         v = self._raw(key, default)
         if v is default:
             return v
@@ -44,13 +45,13 @@ class Section:
             raise ConfigError(f"{self._key(key)}: expected a non-empty string, got {_show(v)}")
         return v
 
-    def bool(self, key: str, default: Any = _REQUIRED) -> Any:
+    def boolean(self, key: str, default: Any = _REQUIRED) -> Any:
         v = self._raw(key, default)
         if not isinstance(v, bool):
             raise ConfigError(f"{self._key(key)}: expected true or false, got {_show(v)}")
         return v
 
-    def int(self, key: str, default: Any = _REQUIRED, *, min: int | None = None,
+    def integer(self, key: str, default: Any = _REQUIRED, *, min: int | None = None,
             max: int | None = None) -> Any:
         v = self._raw(key, default)
         if v is default and v is None:
@@ -71,14 +72,14 @@ class Section:
             )
         return v
 
-    def list(self, key: str, default: Any = _REQUIRED) -> list[Any]:
+    def items(self, key: str, default: Any = _REQUIRED) -> builtins.list[Any]:
         v = self._raw(key, default)
         if not isinstance(v, list):
             raise ConfigError(f"{self._key(key)}: expected a list, got {_show(v)}")
         return v
 
-    def str_list(self, key: str, default: Any = _REQUIRED) -> list[str]:
-        items = self.list(key, default)
+    def str_list(self, key: str, default: Any = _REQUIRED) -> builtins.list[str]:
+        items = self.items(key, default)
         for i, item in enumerate(items):
             if not isinstance(item, str) or not item:
                 raise ConfigError(
@@ -100,8 +101,8 @@ class Section:
     def section(self, key: str) -> Section:
         return Section(self._key(key), self._raw(key, {}), self.known)
 
-    def sections(self, key: str, default: Any = _REQUIRED) -> list[Section]:
-        items = self.list(key, default)
+    def sections(self, key: str, default: Any = _REQUIRED) -> builtins.list[Section]:
+        items = self.items(key, default)
         return [Section(f"{self._key(key)}[{i}]", item, self.known) for i, item in enumerate(items)]
 
     def done(self) -> None:

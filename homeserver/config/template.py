@@ -63,9 +63,9 @@ def _listeners(args: TemplateArgs) -> str:
 def render_config(args: TemplateArgs) -> str:
     data_dir = os.path.abspath(args.data_dir)
     database = args.database or f"sqlite://{os.path.join(data_dir, 'homeserver.db')}"
-    app_services = (
-        "\n" + "".join(f"  - {_q(p)}\n" for p in args.app_services) if args.app_services else " []\n"
-    )
+    app_services = " []\n"
+    if args.app_services:
+        app_services = "\n" + "".join(f"  - {_q(p)}\n" for p in args.app_services)
     return f"""\
 # Homeserver configuration. Every key is documented here; keys left out take the default shown.
 # A wrong or unknown key stops the server with a message naming it.

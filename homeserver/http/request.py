@@ -21,10 +21,11 @@ class HomeserverRequest(Request):
         super().__init__(channel, *args, **kwargs)
         self.request_id = f"req-{next(_ids)}"
         self.start_time = time.monotonic()
-        self.body_limit: int = getattr(channel.site, "max_body_bytes", 10 * 1024 * 1024)
+        site = getattr(channel, "site", None)
+        self.body_limit: int = getattr(site, "max_body_bytes", 10 * 1024 * 1024)
         self.body_too_large = False
         self._body_bytes = 0
-        tracker = getattr(channel.site, "in_flight", None)
+        tracker = getattr(site, "in_flight", None)
         if tracker is not None:
             tracker.add(self)
             self.notifyFinish().addBoth(lambda _: tracker.discard(self))
@@ -32,7 +33,7 @@ class HomeserverRequest(Request):
     def gotLength(self, length: int | None) -> None:
         # Called once the headers are in, before any body byte: the route's own limit
         # (media uploads) applies from the first chunk on.
-        limit_for = getattr(self.channel.site, "body_limit_for", None)
+        limit_for = getattr(getattr(self.channel, "site", None), "body_limit_for", None)
         uri = getattr(self.channel, "_path", None)
         if limit_for is not None and isinstance(uri, bytes):
             self.body_limit = limit_for(uri.split(b"?", 1)[0])
@@ -48,6 +49,7 @@ class HomeserverRequest(Request):
         if self._body_bytes > self.body_limit:
             # Drop what we have: the handler answers 413 without looking at the body.
             self.body_too_large = True
+            assert self.content is not None
             self.content.seek(0)
             self.content.truncate()
             return
@@ -59,8 +61,11 @@ class HomeserverRequest(Request):
 
     def read_body(self) -> bytes:
         self.check_body_size()
+        if self.content is None:
+            return b""
         self.content.seek(0)
-        return self.content.read()  # type: ignore[no-any-return]
+        data: bytes = self.content.read()
+        return data
 
     def json_body(self) -> Any:
         """The body as JSON: 400 M_NOT_JSON if it is not JSON (or not UTF-8)."""
@@ -83,7 +88,8 @@ class HomeserverRequest(Request):
         if not values:
             return None
         try:
-            return values[0].decode("utf-8")  # type: ignore[no-any-return]
+            value: str = values[0].decode("utf-8")
+            return value
         except UnicodeDecodeError:
             raise MatrixError(
                 400, Codes.INVALID_PARAM, f"Query parameter {name} is not UTF-8"

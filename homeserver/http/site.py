@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 from homeserver.http.context import current_request_id
 from homeserver.http.errors import Codes, MatrixError
@@ -97,8 +97,8 @@ class RootResource(resource.Resource):
                 status, body = result
                 self._write_json(request, status, body)
         except MatrixError as e:
-            for name, value in e.headers.items():
-                request.setHeader(name.encode(), value.encode())
+            for header, header_value in e.headers.items():
+                request.setHeader(header.encode(), header_value.encode())
             self._write_json(request, e.status, e.to_json())
         except UnicodeDecodeError:
             self._write_json(
@@ -140,9 +140,9 @@ class RootResource(resource.Resource):
         token = current_request_id.set(request.request_id)
         try:
             logger.error(
-                "unhandled error serving %s",
+                "unhandled error serving %s: %s",
                 _describe(request),
-                exc_info=(failure.type, failure.value, failure.getTracebackObject()),
+                failure.getTraceback(),
             )
             self._write_json(
                 request, 500, {"errcode": Codes.UNKNOWN, "error": "Internal server error"}
@@ -171,7 +171,7 @@ class HomeserverSite(server.Site):
         # No "twisted.web" access log lines: ours carry the request id and no query strings.
         self.noisy = False
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         pass
 
     def body_limit_for(self, raw_path: bytes) -> int:

@@ -77,7 +77,7 @@ class Database(ABC):
         if self._closed:
             raise DatabaseUnavailable("the database is closed")
         d: defer.Deferred[R] = threads.deferToThreadPool(
-            self._reactor,  # type: ignore[arg-type]
+            self._reactor,
             self._pool,
             self._run_in_thread,
             desc,
@@ -104,7 +104,7 @@ class Database(ABC):
         self._closed = True
         # Let running transactions finish, then close connections in a worker thread.
         await threads.deferToThreadPool(
-            self._reactor, self._pool, self._close_connections  # type: ignore[arg-type]
+            self._reactor, self._pool, self._close_connections
         )
         self._pool.stop()
 
@@ -116,7 +116,7 @@ def open_database(config: DatabaseConfig, reactor: IReactorThreads | None = None
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
-        reactor = default_reactor  # type: ignore[assignment]
+        reactor = default_reactor
     assert reactor is not None
     if config.engine == "sqlite":
         from homeserver.storage.sqlite import SqliteDatabase

@@ -53,7 +53,9 @@ class PostgresDatabase(Database):
                     raise
                 logger.info("retrying transaction after a serialization failure (%d)", attempt)
             except PoolTimeout as e:
-                raise DatabaseUnavailable(f"no PostgreSQL connection within {self._timeout}s") from e
+                raise DatabaseUnavailable(
+                    f"no PostgreSQL connection within {self._timeout}s"
+                ) from e
             except psycopg.OperationalError as e:
                 raise DatabaseUnavailable(f"PostgreSQL is unreachable: {e}") from e
         raise AssertionError("unreachable")
