@@ -23,7 +23,7 @@ class Event:
     event ID is the reference hash, computed on first access.
     """
 
-    __slots__ = ("_pdu", "room_version", "_event_id", "_room_id")
+    __slots__ = ("_event_id", "_pdu", "_room_id", "room_version")
 
     def __init__(self, pdu: JsonDict, room_version: RoomVersion, event_id: str | None = None):
         self._pdu = pdu
@@ -61,11 +61,11 @@ class Event:
     # -- plain fields ------------------------------------------------------------------------
     @property
     def type(self) -> str:
-        return self._pdu["type"]  # type: ignore[no-any-return]
+        return self._pdu["type"]
 
     @property
     def sender(self) -> str:
-        return self._pdu["sender"]  # type: ignore[no-any-return]
+        return self._pdu["sender"]
 
     @property
     def state_key(self) -> str | None:
@@ -73,27 +73,27 @@ class Event:
 
     @property
     def content(self) -> JsonDict:
-        return self._pdu.get("content", {})  # type: ignore[no-any-return]
+        return self._pdu.get("content", {})
 
     @property
     def depth(self) -> int:
-        return self._pdu.get("depth", 0)  # type: ignore[no-any-return]
+        return self._pdu.get("depth", 0)
 
     @property
     def origin_server_ts(self) -> int:
-        return self._pdu.get("origin_server_ts", 0)  # type: ignore[no-any-return]
+        return self._pdu.get("origin_server_ts", 0)
 
     @property
     def hashes(self) -> Mapping[str, str]:
-        return self._pdu.get("hashes", {})  # type: ignore[no-any-return]
+        return self._pdu.get("hashes", {})
 
     @property
     def signatures(self) -> Mapping[str, Mapping[str, str]]:
-        return self._pdu.get("signatures", {})  # type: ignore[no-any-return]
+        return self._pdu.get("signatures", {})
 
     @property
     def unsigned(self) -> JsonDict:
-        return self._pdu.get("unsigned", {})  # type: ignore[no-any-return]
+        return self._pdu.get("unsigned", {})
 
     @property
     def redacts(self) -> str | None:
