@@ -10,9 +10,12 @@ from twisted.internet import defer, task
 
 from homeserver import signing_key, tls
 from homeserver.api import versions
+from homeserver.api.admin import registration as admin_registration
+from homeserver.api.client import account_data, capabilities, devices, profile, session
 from homeserver.config import Config
 from homeserver.http.router import Router
 from homeserver.http.site import HomeserverSite
+from homeserver.services.registry import Services, build_services
 from homeserver.storage import Database, open_database
 from homeserver.storage.schema import migrate
 
@@ -31,6 +34,7 @@ class HomeServer:
         self.sites: list[HomeserverSite] = []
         self.ports: list[Any] = []
         self.signing_key: Any = None
+        self.services: Services | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -43,16 +47,23 @@ class HomeServer:
         self.db = open_database(config.database, self.reactor)
         version = await migrate(self.db)
         logger.info("database %s ready at schema version %d", config.database.engine, version)
-        self._register_routes()
+        self.services = build_services(config, self.db)
+        self._register_routes(self.services)
         self._listen()
 
-    def _register_routes(self) -> None:
+    def _register_routes(self, services: Services) -> None:
         versions.register(self.router, self.config)
+        for module in (session, devices, profile, account_data, capabilities,
+                       admin_registration):
+            module.register(self.router, services)
 
     def _listen(self) -> None:
         for listener in self.config.listeners:
             site = HomeserverSite(
-                self.router, frozenset(listener.resources), self.config.max_json_body_bytes
+                self.router,
+                frozenset(listener.resources),
+                self.config.max_json_body_bytes,
+                x_forwarded=listener.x_forwarded,
             )
             if listener.tls:
                 ctx = tls.server_context(

@@ -57,6 +57,38 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    per_second: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    enabled: bool = True
+    login_per_address: RateLimit = RateLimit(0.17, 5)
+    login_failures_per_account: RateLimit = RateLimit(0.17, 3)
+    registration_per_address: RateLimit = RateLimit(0.17, 3)
+    messages_per_user: RateLimit = RateLimit(0.2, 10)
+
+
+@dataclass(frozen=True)
+class RegistrationConfig:
+    enabled: bool = False
+    require_token: bool = False
+    shared_secret: str | None = None
+    reserved_localparts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    # Lifetime of access tokens issued with a refresh token (clients that asked for one).
+    refreshable_access_token_lifetime_ms: int = 5 * 60 * 1000
+    # Lifetime of refresh tokens; None: until used or the device is removed.
+    refresh_token_lifetime_ms: int | None = None
+    login_token_lifetime_ms: int = 2 * 60 * 1000
+
+
+@dataclass(frozen=True)
 class Config:
     server_name: str
     data_dir: str
@@ -66,8 +98,9 @@ class Config:
     database: DatabaseConfig
     listeners: tuple[ListenerConfig, ...]
     tls: TlsConfig
-    registration_enabled: bool
-    rate_limiting_enabled: bool
+    registration: RegistrationConfig
+    rate_limiting: RateLimitConfig
+    sessions: SessionConfig
     guest_access: bool
     room_directory_publish_by_anyone: bool
     bcrypt_rounds: int
@@ -135,12 +168,43 @@ def parse_config(data: Any, source_path: str | None = None) -> Config:
     tls_s.done()
 
     reg = root.section("registration")
-    registration_enabled = reg.boolean("enabled", False)
+    registration = RegistrationConfig(
+        enabled=reg.boolean("enabled", False),
+        require_token=reg.boolean("require_token", False),
+        shared_secret=reg.string("shared_secret", None),
+        reserved_localparts=tuple(reg.str_list("reserved_localparts", [])),
+    )
     reg.done()
 
     rl = root.section("rate_limiting")
-    rate_limiting_enabled = rl.boolean("enabled", True)
+    defaults = RateLimitConfig()
+    rate_limiting = RateLimitConfig(
+        enabled=rl.boolean("enabled", True),
+        login_per_address=_rate(rl, "login_per_address", defaults.login_per_address),
+        login_failures_per_account=_rate(
+            rl, "login_failures_per_account", defaults.login_failures_per_account
+        ),
+        registration_per_address=_rate(
+            rl, "registration_per_address", defaults.registration_per_address
+        ),
+        messages_per_user=_rate(rl, "messages_per_user", defaults.messages_per_user),
+    )
     rl.done()
+
+    ses = root.section("sessions")
+    day = 24 * 3600 * 1000
+    sessions = SessionConfig(
+        refreshable_access_token_lifetime_ms=ses.integer(
+            "refreshable_access_token_lifetime_ms", 5 * 60 * 1000, min=1000, max=day
+        ),
+        refresh_token_lifetime_ms=ses.integer(
+            "refresh_token_lifetime_ms", None, min=60_000, max=365 * day
+        ),
+        login_token_lifetime_ms=ses.integer(
+            "login_token_lifetime_ms", 2 * 60 * 1000, min=1000, max=3600 * 1000
+        ),
+    )
+    ses.done()
 
     rd = root.section("room_directory")
     publish_by_anyone = rd.boolean("publish_by_anyone", False)
@@ -198,8 +262,9 @@ def parse_config(data: Any, source_path: str | None = None) -> Config:
         database=database,
         listeners=listeners,
         tls=tls,
-        registration_enabled=registration_enabled,
-        rate_limiting_enabled=rate_limiting_enabled,
+        registration=registration,
+        rate_limiting=rate_limiting,
+        sessions=sessions,
         guest_access=guest_access,
         room_directory_publish_by_anyone=publish_by_anyone,
         bcrypt_rounds=bcrypt_rounds,
@@ -246,6 +311,16 @@ def _database(s: Section, data_dir: str) -> DatabaseConfig:
     timeout = s.integer("connect_timeout", 10, min=1, max=300)
     s.done()
     return DatabaseConfig(url, engine, target, pool_min, pool_max, timeout)
+
+
+def _rate(parent: Section, key: str, default: RateLimit) -> RateLimit:
+    s = parent.section(key)
+    per_second = s._raw("per_second", default.per_second)
+    if isinstance(per_second, bool) or not isinstance(per_second, (int, float)) or per_second <= 0:
+        raise s.error("per_second", f"expected a positive number, got {per_second!r}")
+    burst = s.integer("burst", default.burst, min=1, max=1_000_000)
+    s.done()
+    return RateLimit(float(per_second), burst)
 
 
 def _listener(s: Section) -> ListenerConfig:

@@ -24,6 +24,13 @@ class TemplateArgs:
     app_services: list[str] = field(default_factory=list)
 
 
+_RESERVED = ", ".join(
+    f'"{n}"'
+    for n in ("admin", "administrator", "root", "support", "security", "abuse", "postmaster",
+              "hostmaster", "webmaster", "noreply", "server", "notices")
+)
+
+
 def _q(value: str) -> str:
     # JSON strings are valid YAML scalars and escape whatever the operator typed.
     return json.dumps(value)
@@ -110,12 +117,41 @@ tls:
   private_key_path: {_q(os.path.join(data_dir, "tls.key"))}
 
 registration:
-  # Let anyone register an account without verification (m.login.dummy).
+  # Let anyone register an account through the client API.
   enabled: {_b(args.enable_registration)}
+  # With registration enabled: require a registration token (m.login.registration_token)
+  # made by an admin, instead of no verification at all (m.login.dummy).
+  require_token: false
+  # The secret for shared-secret registration (/_synapse/admin/v1/register), which works
+  # even with registration disabled. Unset: that endpoint is off.
+  # shared_secret: "a long random string"
+  # Localparts nobody may register through the client API (register-user still can).
+  reserved_localparts: [{"" if args.testing else _RESERVED}]
 
 rate_limiting:
   # Rate limits on login, registration and message sending. Off only for tests and benchmarks.
   enabled: {_b(not args.testing)}
+  # Each limit: a sustained rate (per_second) and how many may come at once (burst).
+  login_per_address:
+    per_second: 0.17
+    burst: 5
+  login_failures_per_account:
+    per_second: 0.17
+    burst: 3
+  registration_per_address:
+    per_second: 0.17
+    burst: 3
+  messages_per_user:
+    per_second: 0.2
+    burst: 10
+
+sessions:
+  # Clients that ask for a refresh token get access tokens that expire after this long.
+  refreshable_access_token_lifetime_ms: 300000
+  # How long a refresh token stays valid; unset: until used or its device is removed.
+  # refresh_token_lifetime_ms: 2592000000
+  # Lifetime of the single-use tokens from /login/get_token (m.login.token).
+  login_token_lifetime_ms: 120000
 
 # Allow guest accounts.
 guest_access: {_b(args.testing)}

@@ -38,6 +38,21 @@ class MatrixError(Exception):
         return {"errcode": self.errcode, "error": self.message, **self.extra}
 
 
+class UiaRequired(MatrixError):
+    """401 for user-interactive auth: the body is the flows, maybe with an errcode."""
+
+    def __init__(self, body: dict[str, Any], errcode: str | None = None,
+                 message: str | None = None, status: int = 401) -> None:
+        super().__init__(status, errcode or "", message or "Authentication required")
+        self.body = body
+        self.has_error = errcode is not None
+
+    def to_json(self) -> dict[str, Any]:
+        if not self.has_error:
+            return dict(self.body)
+        return {"errcode": self.errcode, "error": self.message, **self.body}
+
+
 def not_found(message: str = "Not found") -> MatrixError:
     return MatrixError(404, Codes.NOT_FOUND, message)
 

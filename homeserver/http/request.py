@@ -30,6 +30,17 @@ class HomeserverRequest(Request):
             tracker.add(self)
             self.notifyFinish().addBoth(lambda _: tracker.discard(self))
 
+    @property
+    def client_ip(self) -> str:
+        """The client's address; behind a trusted proxy, the first X-Forwarded-For hop."""
+        site = getattr(getattr(self, "channel", None), "site", None)
+        if getattr(site, "x_forwarded", False):
+            forwarded = self.getHeader("X-Forwarded-For")
+            if forwarded:
+                return forwarded.split(",")[0].strip()
+        host = getattr(self.getClientAddress(), "host", None)
+        return str(host) if host else "-"
+
     def gotLength(self, length: int | None) -> None:
         # Called once the headers are in, before any body byte: the route's own limit
         # (media uploads) applies from the first chunk on.

@@ -126,12 +126,13 @@ class RootResource(resource.Resource):
         if request._disconnected or request.finished:
             return
         request.setHeader(b"Content-Length", str(len(payload)).encode())
+        description = _describe(request)
         if request.method != b"HEAD":
             request.write(payload)
         request.finish()
         access_logger.info(
             "%s %d %.1fms",
-            _describe(request),
+            description,
             request.code,
             (time.monotonic() - request.start_time) * 1000,
         )
@@ -154,7 +155,7 @@ class RootResource(resource.Resource):
 def _describe(request: HomeserverRequest) -> str:
     # Never log query strings whole: they may carry access tokens.
     path = request.path.decode("ascii", "replace")
-    return f"{request.getClientAddress().host} {request.method.decode('ascii', 'replace')} {path}"
+    return f"{request.client_ip} {request.method.decode('ascii', 'replace')} {path}"
 
 
 class HomeserverSite(server.Site):
@@ -163,9 +164,16 @@ class HomeserverSite(server.Site):
 
     requestFactory = HomeserverRequest
 
-    def __init__(self, router: Router, resources: frozenset[str], max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        router: Router,
+        resources: frozenset[str],
+        max_body_bytes: int,
+        x_forwarded: bool = False,
+    ) -> None:
         super().__init__(RootResource(router, resources))
         self.router = router
+        self.x_forwarded = x_forwarded
         self.max_body_bytes = max_body_bytes
         self.in_flight: set[HomeserverRequest] = set()
         # No "twisted.web" access log lines: ours carry the request id and no query strings.

@@ -104,8 +104,8 @@ def test_defaults() -> None:
     assert config.database.engine == "sqlite"
     assert config.database.target == "/tmp/d/homeserver.db"
     assert config.default_room_version == "12"
-    assert config.registration_enabled is False
-    assert config.rate_limiting_enabled is True
+    assert config.registration.enabled is False
+    assert config.rate_limiting.enabled is True
     assert config.bcrypt_rounds == 12
     assert config.public_baseurl == "http://127.0.0.1:8008/"
     assert config.signing_key_path == "/tmp/d/signing.key"
@@ -118,8 +118,8 @@ def test_flags_of_generate_config() -> None:
                         database="postgresql://u@db.internal:5432/hs",
                         app_services=["/etc/hs/bridge.yaml"])
     config = parse_config(yaml.safe_load(render_config(args)))
-    assert config.registration_enabled
-    assert not config.rate_limiting_enabled
+    assert config.registration.enabled
+    assert not config.rate_limiting.enabled
     assert config.guest_access and config.room_directory_publish_by_anyone
     assert config.bcrypt_rounds == 4
     assert config.outbound.accept_self_signed and config.outbound.allow_private_addresses

@@ -1,0 +1,53 @@
+"""What this server lets clients do: capabilities and the user directory."""
+
+from __future__ import annotations
+
+import json
+
+from federation.room_versions import KNOWN_ROOM_VERSIONS
+from homeserver.http.errors import Codes, MatrixError
+from homeserver.http.request import HomeserverRequest
+from homeserver.http.router import JsonResponse, Router
+from homeserver.http.validation import optional_int, require_str
+from homeserver.services.registry import Services
+
+
+def register(router: Router, s: Services) -> None:
+    async def get_capabilities(request: HomeserverRequest) -> JsonResponse:
+        await s.auth.authenticate(request, allow_guest=True)
+        return 200, {
+            "capabilities": {
+                "m.change_password": {"enabled": True},
+                "m.room_versions": {
+                    "default": s.config.default_room_version,
+                    "available": {v: "stable" for v in KNOWN_ROOM_VERSIONS},
+                },
+                "m.set_displayname": {"enabled": True},
+                "m.set_avatar_url": {"enabled": True},
+                "m.3pid_changes": {"enabled": False},
+                "m.get_login_token": {"enabled": True},
+                "m.profile_fields": {"enabled": True},
+            }
+        }
+
+    async def search_users(request: HomeserverRequest) -> JsonResponse:
+        await s.auth.authenticate(request)
+        body = request.json_object()
+        term = require_str(body, "search_term", max_len=255).strip()
+        limit = optional_int(body, "limit", 10, min=1, max=100)
+        assert limit is not None
+        if not term:
+            raise MatrixError(400, Codes.INVALID_PARAM, "search_term must not be empty")
+        rows = await s.users.search(term, limit + 1)
+        results = []
+        for user_id, displayname, avatar in rows[:limit]:
+            entry: dict[str, object] = {"user_id": user_id}
+            if displayname is not None:
+                entry["display_name"] = json.loads(displayname)
+            if avatar is not None:
+                entry["avatar_url"] = json.loads(avatar)
+            results.append(entry)
+        return 200, {"limited": len(rows) > limit, "results": results}
+
+    router.client("GET", "/capabilities", get_capabilities)
+    router.client("POST", "/user_directory/search", search_users)

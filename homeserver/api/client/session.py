@@ -1,0 +1,230 @@
+"""Registration, login, logout, token refresh, whoami: how a client gets and ends a session."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.http.errors import Codes, MatrixError
+from homeserver.http.request import HomeserverRequest
+from homeserver.http.router import JsonResponse, Router
+from homeserver.http.validation import optional_bool, optional_str, require_str
+from homeserver.services import uia
+from homeserver.services.registry import Services
+from homeserver.storage.uia import release_registration_token
+
+LOGIN_PASSWORD = "m.login.password"
+LOGIN_TOKEN = "m.login.token"
+
+
+def register(router: Router, s: Services) -> None:
+    config = s.config
+
+    def registration_flows() -> list[list[str]]:
+        if config.registration.require_token:
+            return [[uia.REGISTRATION_TOKEN]]
+        return [[uia.DUMMY]]
+
+    async def post_register(request: HomeserverRequest) -> JsonResponse:
+        body = request.json_object()
+        kind = request.query_param("kind") or "user"
+        if kind not in ("user", "guest"):
+            raise MatrixError(400, Codes.INVALID_PARAM, "kind must be 'user' or 'guest'")
+        s.ratelimits.registration_per_address.check(request.client_ip)
+        device_id = optional_str(body, "device_id", max_len=255)
+        display_name = optional_str(body, "initial_device_display_name", max_len=512)
+        inhibit_login = optional_bool(body, "inhibit_login", False)
+        refreshable = optional_bool(body, "refresh_token", False)
+
+        if kind == "guest":
+            if not config.guest_access:
+                raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled")
+            user_id = await s.accounts.register_guest()
+            return 200, await _session_or_id(s, user_id, None, display_name, inhibit_login,
+                                            refreshable)
+
+        if not config.registration.enabled:
+            raise MatrixError(403, Codes.FORBIDDEN, "Registration has been disabled")
+        username = optional_str(body, "username", max_len=255)
+        password = optional_str(body, "password", max_len=512)
+        if username is not None:
+            # Tell the client about a bad or taken name before it goes through the stages.
+            await s.accounts.check_available(username.lower())
+        result = await s.uia.check(body, "register", registration_flows())
+        token = result.values.get("registration_token")
+        try:
+            if password is None:
+                raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: password")
+            if username is None:
+                user_id = await _generated_user_id(s)
+            else:
+                user_id = await s.accounts.check_available(username.lower())
+            await s.accounts.register(user_id, password, registration_token=token)
+        except BaseException:
+            if token is not None:
+                await release_registration_token(s.db, token)
+            raise
+        return 200, await _session_or_id(s, user_id, device_id, display_name, inhibit_login,
+                                        refreshable)
+
+    async def get_available(request: HomeserverRequest) -> JsonResponse:
+        if not config.registration.enabled:
+            raise MatrixError(403, Codes.FORBIDDEN, "Registration has been disabled")
+        s.ratelimits.registration_per_address.check(request.client_ip)
+        username = request.query_param("username")
+        if not username:
+            raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: username")
+        await s.accounts.check_available(username.lower())
+        return 200, {"available": True}
+
+    async def get_token_validity(request: HomeserverRequest) -> JsonResponse:
+        s.ratelimits.registration_per_address.check(request.client_ip)
+        token = request.query_param("token")
+        if not token:
+            raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: token")
+        found = await s.registration_tokens.get(token)
+        return 200, {"valid": found is not None and found.usable(s.clock.time_ms())}
+
+    async def get_login(request: HomeserverRequest) -> JsonResponse:
+        return 200, {"flows": [{"type": LOGIN_PASSWORD}, {"type": LOGIN_TOKEN,
+                                                          "get_login_token": True}]}
+
+    async def post_login(request: HomeserverRequest) -> JsonResponse:
+        body = request.json_object()
+        login_type = require_str(body, "type", max_len=255)
+        s.ratelimits.login_per_address.check(request.client_ip)
+        device_id = optional_str(body, "device_id", max_len=255)
+        display_name = optional_str(body, "initial_device_display_name", max_len=512)
+        refreshable = optional_bool(body, "refresh_token", False)
+        if login_type == LOGIN_PASSWORD:
+            user_id = _login_user_id(body, config.server_name)
+            password = require_str(body, "password", max_len=512)
+            limiter = s.ratelimits.login_failures_per_account
+            if not limiter.would_allow(user_id):
+                limiter.check(user_id)  # raises 429 with the wait
+            if not await s.accounts.check_login_password(user_id, password):
+                limiter.check(user_id)
+                raise MatrixError(403, Codes.FORBIDDEN, "Invalid username or password")
+        elif login_type == LOGIN_TOKEN:
+            token = require_str(body, "token", max_len=512)
+            found = await s.auth.consume_login_token(token)
+            if found is None:
+                raise MatrixError(403, Codes.FORBIDDEN, "Invalid login token")
+            user_id = found
+        else:
+            raise MatrixError(400, Codes.UNKNOWN, f"Unknown login type {login_type}")
+        user = await s.users.get(user_id)
+        if user is None or user.deactivated:
+            raise MatrixError(403, "M_USER_DEACTIVATED" if user else Codes.FORBIDDEN,
+                              "This account has been deactivated" if user else "Invalid login")
+        return 200, await s.auth.issue_session(user_id, device_id, display_name,
+                                               refreshable=refreshable)
+
+    async def post_get_login_token(request: HomeserverRequest) -> JsonResponse:
+        requester = await s.auth.authenticate(request)
+        body = request.json_object()
+        await s.uia.check(body, "get_login_token", [[uia.PASSWORD]], requester.user_id)
+        token, lifetime = await s.auth.create_login_token(requester.user_id)
+        return 200, {"login_token": token, "expires_in_ms": lifetime}
+
+    async def post_logout(request: HomeserverRequest) -> JsonResponse:
+        requester = await s.auth.authenticate(request, allow_guest=True)
+        await s.devices.delete_devices(requester.user_id, [requester.device_id])
+        return 200, {}
+
+    async def post_logout_all(request: HomeserverRequest) -> JsonResponse:
+        requester = await s.auth.authenticate(request, allow_guest=True)
+        await s.devices.delete_devices(requester.user_id, None)
+        return 200, {}
+
+    async def post_refresh(request: HomeserverRequest) -> JsonResponse:
+        body = request.json_object()
+        return 200, await s.auth.refresh(require_str(body, "refresh_token", max_len=512))
+
+    async def get_whoami(request: HomeserverRequest) -> JsonResponse:
+        requester = await s.auth.authenticate(request, allow_guest=True)
+        return 200, {
+            "user_id": requester.user_id,
+            "device_id": requester.device_id,
+            "is_guest": requester.is_guest,
+        }
+
+    async def post_password(request: HomeserverRequest) -> JsonResponse:
+        requester = await s.auth.authenticate(request)
+        body = request.json_object()
+        new_password = optional_str(body, "new_password", max_len=512)
+        logout_devices = optional_bool(body, "logout_devices", True)
+        await s.uia.check(body, "password", [[uia.PASSWORD]], requester.user_id)
+        if new_password is None:
+            raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: new_password")
+        await s.accounts.change_password(
+            requester.user_id, new_password, requester.device_id, logout_devices
+        )
+        return 200, {}
+
+    async def post_deactivate(request: HomeserverRequest) -> JsonResponse:
+        requester = await s.auth.authenticate(request)
+        body = request.json_object()
+        optional_bool(body, "erase", False)
+        await s.uia.check(body, "deactivate", [[uia.PASSWORD]], requester.user_id)
+        await s.accounts.deactivate(requester.user_id)
+        return 200, {"id_server_unbind_result": "no-support"}
+
+    router.client("POST", "/register", post_register)
+    router.client("GET", "/register/available", get_available)
+    router.add("GET", "/_matrix/client/v1/register/m.login.registration_token/validity",
+               get_token_validity, resource="client")
+    router.client("GET", "/login", get_login)
+    router.client("POST", "/login", post_login)
+    router.add("POST", "/_matrix/client/v1/login/get_token", post_get_login_token,
+               resource="client")
+    router.client("POST", "/logout", post_logout)
+    router.client("POST", "/logout/all", post_logout_all)
+    router.client("POST", "/refresh", post_refresh)
+    router.add("POST", "/_matrix/client/v1/refresh", post_refresh, resource="client")
+    router.client("GET", "/account/whoami", get_whoami)
+    router.client("POST", "/account/password", post_password)
+    router.client("POST", "/account/deactivate", post_deactivate)
+
+
+async def _generated_user_id(s: Services) -> str:
+    import secrets
+
+    while True:
+        localpart = f"user{secrets.randbelow(10**10)}"
+        user_id = s.accounts.validate_localpart(localpart, for_client=False)
+        if not await s.users.exists(user_id):
+            return user_id
+
+
+async def _session_or_id(
+    s: Services,
+    user_id: str,
+    device_id: str | None,
+    display_name: str | None,
+    inhibit_login: bool,
+    refreshable: bool,
+) -> dict[str, Any]:
+    if inhibit_login:
+        return {"user_id": user_id, "home_server": s.config.server_name}
+    return await s.auth.issue_session(user_id, device_id, display_name, refreshable=refreshable)
+
+
+def _login_user_id(body: dict[str, Any], server_name: str) -> str:
+    identifier = body.get("identifier")
+    user: Any
+    if identifier is not None:
+        if not isinstance(identifier, dict):
+            raise MatrixError(400, Codes.BAD_JSON, "'identifier' must be an object")
+        if identifier.get("type") != "m.id.user":
+            raise MatrixError(400, Codes.UNKNOWN, "Only m.id.user identifiers are supported")
+        user = identifier.get("user")
+    else:
+        user = body.get("user")  # the legacy field
+    if not isinstance(user, str) or not user or len(user) > 255:
+        raise MatrixError(400, Codes.MISSING_PARAM, "Missing or invalid user identifier")
+    if user.startswith("@"):
+        localpart, sep, domain = user[1:].partition(":")
+        if not sep or domain != server_name:
+            raise MatrixError(403, Codes.FORBIDDEN, "Invalid username or password")
+        return f"@{localpart.lower()}:{server_name}"
+    return f"@{user.lower()}:{server_name}"
