@@ -44,7 +44,7 @@ def register(router: Router, s: Services) -> None:
 
         if not config.registration.enabled:
             raise MatrixError(403, Codes.FORBIDDEN, "Registration has been disabled")
-        username = optional_str(body, "username", max_len=255)
+        username = optional_str(body, "username", max_len=4096)
         password = optional_str(body, "password", max_len=512)
         if username is not None:
             # Tell the client about a bad or taken name before it goes through the stages.
