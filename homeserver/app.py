@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 
-from homeserver import signing_key, tls
+from homeserver import metrics, signing_key, tls
 from homeserver.api import versions
 from homeserver.api.admin import registration as admin_registration
 from homeserver.api.client import account_data, capabilities, devices, profile, session
@@ -53,6 +53,7 @@ class HomeServer:
 
     def _register_routes(self, services: Services) -> None:
         versions.register(self.router, self.config)
+        metrics.register(self.router)
         for module in (session, devices, profile, account_data, capabilities,
                        admin_registration):
             module.register(self.router, services)

@@ -24,6 +24,7 @@ class HomeserverRequest(Request):
         site = getattr(channel, "site", None)
         self.body_limit: int = getattr(site, "max_body_bytes", 10 * 1024 * 1024)
         self.body_too_large = False
+        self.route_label = "unmatched"
         self._body_bytes = 0
         tracker = getattr(site, "in_flight", None)
         if tracker is not None:

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from prometheus_client import Counter, Histogram
 from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
@@ -23,6 +24,14 @@ from homeserver.http.router import Router
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("homeserver.access")
+
+# Defined here (not in homeserver.metrics) so the HTTP core has no upward import.
+REQUESTS = Counter(
+    "homeserver_http_requests_total", "HTTP requests served", ["method", "route", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "homeserver_http_request_duration_seconds", "Time to answer a request", ["method", "route"]
+)
 
 CORS_HEADERS = {
     b"Access-Control-Allow-Origin": b"*",
@@ -84,6 +93,7 @@ class RootResource(resource.Resource):
                 self._write_json(request, 200, {})
                 return
             route, params, allowed = self.router.match(method, path, self.resources)
+            request.route_label = route.template if route else "unmatched"
             if route is None:
                 if allowed:
                     request.setHeader(b"Allow", ", ".join(sorted(set(allowed))).encode())
@@ -130,11 +140,16 @@ class RootResource(resource.Resource):
         if request.method != b"HEAD":
             request.write(payload)
         request.finish()
+        elapsed = time.monotonic() - request.start_time
+        REQUESTS.labels(request.method.decode("ascii", "replace"), request.route_label,
+                        str(request.code)).inc()
+        REQUEST_SECONDS.labels(request.method.decode("ascii", "replace"),
+                               request.route_label).observe(elapsed)
         access_logger.info(
             "%s %d %.1fms",
             description,
             request.code,
-            (time.monotonic() - request.start_time) * 1000,
+            elapsed * 1000,
         )
 
     def _unexpected(self, failure: Failure, request: HomeserverRequest) -> None:

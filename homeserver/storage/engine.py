@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from prometheus_client import Histogram
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorThreads
 from twisted.python.threadpool import ThreadPool
@@ -21,6 +22,10 @@ from homeserver.config import DatabaseConfig
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
+
+DB_TXN_SECONDS = Histogram(
+    "homeserver_db_transaction_duration_seconds", "Database transaction time", ["name"]
+)
 
 # Transactions slower than this are logged, so slow queries show up before users notice.
 SLOW_TXN_SECONDS = 1.0
@@ -92,6 +97,7 @@ class Database(ABC):
             return self._transaction(fn, *args)
         finally:
             elapsed = time.monotonic() - start
+            DB_TXN_SECONDS.labels(desc).observe(elapsed)
             if elapsed > SLOW_TXN_SECONDS:
                 logger.warning("slow transaction %s took %.2fs", desc, elapsed)
 

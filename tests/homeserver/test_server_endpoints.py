@@ -49,3 +49,14 @@ async def test_unknown_and_wrong_method(hs: RunningServer) -> None:
     assert (r.status, r.json()["errcode"]) == (405, "M_UNRECOGNIZED")
     r = await request("GET", f"{hs.client_url}/_matrix/client/v3/not_a_thing")
     assert (r.status, r.json()["errcode"]) == (404, "M_UNRECOGNIZED")
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics(hs: RunningServer) -> None:
+    await request("GET", f"{hs.client_url}/_matrix/client/versions")
+    r = await request("GET", f"{hs.client_url}/_synapse/metrics")
+    assert r.status == 200
+    text = r.body.decode()
+    assert 'homeserver_http_requests_total{method="GET",route="/_matrix/client/versions"' in text
+    assert "homeserver_db_transaction_duration_seconds" in text
+    assert "process_resident_memory_bytes" in text
