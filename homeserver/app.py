@@ -9,9 +9,23 @@ from typing import Any
 from twisted.internet import defer, task
 
 from homeserver import metrics, signing_key, tls
-from homeserver.api import versions
+from homeserver.api import media, versions
+from homeserver.api.admin import media as admin_media
 from homeserver.api.admin import registration as admin_registration
-from homeserver.api.client import account_data, capabilities, devices, profile, session
+from homeserver.api.client import (
+    account_data,
+    capabilities,
+    devices,
+    key_backup,
+    keys,
+    membership,
+    profile,
+    room_events,
+    session,
+    to_device,
+)
+from homeserver.api.federation import keys as federation_keys
+from homeserver.api.federation import queries as federation_queries
 from homeserver.config import Config
 from homeserver.http.router import Router
 from homeserver.http.site import HomeserverSite
@@ -47,7 +61,9 @@ class HomeServer:
         self.db = open_database(config.database, self.reactor)
         version = await migrate(self.db)
         logger.info("database %s ready at schema version %d", config.database.engine, version)
-        self.services = build_services(config, self.db)
+        self.services = build_services(
+            config, self.db, reactor=self.reactor, signing_key=self.signing_key
+        )
         self._register_routes(self.services)
         self._listen()
 
@@ -55,7 +71,10 @@ class HomeServer:
         versions.register(self.router, self.config)
         metrics.register(self.router)
         for module in (session, devices, profile, account_data, capabilities,
-                       admin_registration):
+                       room_events, membership,
+                       keys, to_device, key_backup,
+                       admin_registration, federation_keys, federation_queries,
+                       media, admin_media):
             module.register(self.router, services)
 
     def _listen(self) -> None:
@@ -96,6 +115,8 @@ class HomeServer:
         remaining = sum(len(site.in_flight) for site in self.sites)
         if remaining:
             logger.warning("closing %d requests still in flight after %.0fs", remaining, waited)
+        if self.services is not None:
+            await self.services.federation_client.close()
         if self.db is not None:
             await self.db.close()
             logger.info("database closed")

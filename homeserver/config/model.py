@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,9 +52,24 @@ class OutboundConfig:
 
 
 @dataclass(frozen=True)
+class TrustedKeyServer:
+    server_name: str
+    # key ID -> unpadded base64 verify key; empty: trust whatever it signs with (not advised)
+    verify_keys: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OldSigningKey:
+    verify_key: str  # unpadded base64
+    expired_ts: int
+
+
+@dataclass(frozen=True)
 class FederationConfig:
     static_servers: dict[str, str] = field(default_factory=dict)
     well_known_server: str | None = None
+    trusted_key_servers: tuple[TrustedKeyServer, ...] = ()
+    old_signing_keys: dict[str, OldSigningKey] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,64 @@ class SessionConfig:
 
 
 @dataclass(frozen=True)
+class ThumbnailSize:
+    width: int
+    height: int
+    method: str  # "crop" or "scale"
+
+
+# The sizes the spec recommends servers pre-generate.
+DEFAULT_THUMBNAIL_SIZES = (
+    ThumbnailSize(32, 32, "crop"),
+    ThumbnailSize(96, 96, "crop"),
+    ThumbnailSize(320, 240, "scale"),
+    ThumbnailSize(640, 480, "scale"),
+    ThumbnailSize(800, 600, "scale"),
+)
+
+
+@dataclass(frozen=True)
+class UrlPreviewConfig:
+    enabled: bool = False
+    # CIDR ranges that may be fetched even though they are private or blocked.
+    allowed_ip_ranges: tuple[str, ...] = ()
+    # CIDR ranges refused on top of every non-public address.
+    blocked_ip_ranges: tuple[str, ...] = ()
+    max_page_bytes: int = 10 * 1024 * 1024
+    timeout_seconds: int = 10
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    store_path: str
+    max_upload_bytes: int = 50 * 1024 * 1024
+    # Images with more pixels than this are not thumbnailed (decompression bombs).
+    max_image_pixels: int = 32_000_000
+    thumbnail_sizes: tuple[ThumbnailSize, ...] = DEFAULT_THUMBNAIL_SIZES
+    # False: the unauthenticated /_matrix/media/v3 download and thumbnail endpoints are frozen
+    # and serve only media stored before the freeze.
+    enable_legacy_unauthenticated_media: bool = False
+    unused_upload_expiry_ms: int = 24 * 3600 * 1000
+    max_pending_uploads_per_user: int = 5
+    max_remote_bytes: int = 50 * 1024 * 1024
+    max_concurrent_remote_fetches: int = 10
+    url_preview: UrlPreviewConfig = UrlPreviewConfig()
+
+
+
+ENCRYPTION_DEFAULTS = ("all", "private", "off")
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    # Which new rooms get m.room.encryption at creation: every room, private chats and DMs
+    # (not public rooms), or none. The rooms service applies it.
+    by_default: str = "private"
+    # Refuse plaintext m.room.message events from local users in encrypted rooms (403).
+    require: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     server_name: str
     data_dir: str
@@ -108,10 +182,12 @@ class Config:
     federation: FederationConfig
     max_json_body_bytes: int
     app_service_config_files: tuple[str, ...]
+    media: MediaConfig
     log_level: str
     source_path: str | None = None
     # The key paths the reader knows, so tests can check the sample documents all of them.
     known_keys: frozenset[str] = frozenset()
+    encryption: EncryptionConfig = EncryptionConfig()
 
     def listener_for(self, resource: str) -> ListenerConfig | None:
         for listener in self.listeners:
@@ -226,7 +302,10 @@ def parse_config(data: Any, source_path: str | None = None) -> Config:
     for name, target in static.items():
         _check_host_port(fed, f"static_servers.{name}", target)
     federation = FederationConfig(
-        static_servers=static, well_known_server=fed.string("well_known_server", None)
+        static_servers=static,
+        well_known_server=fed.string("well_known_server", None),
+        trusted_key_servers=tuple(_trusted(t) for t in fed.sections("trusted_key_servers", [])),
+        old_signing_keys=_old_keys(fed.section("old_signing_keys")),
     )
     fed.done()
 
@@ -235,6 +314,23 @@ def parse_config(data: Any, source_path: str | None = None) -> Config:
     lim.done()
 
     app_services = tuple(root.str_list("app_service_config_files", []))
+
+    media = _media(root.section("media"), data_dir)
+
+    enc = root.section("encryption")
+    by_default = enc._raw("by_default", "private")
+    if by_default is False:
+        by_default = "off"  # YAML 1.1 reads a bare `off` as false
+    if by_default not in ENCRYPTION_DEFAULTS:
+        raise enc.error(
+            "by_default",
+            f"expected one of {', '.join(ENCRYPTION_DEFAULTS)}, got {by_default!r}",
+        )
+    encryption = EncryptionConfig(
+        by_default=by_default,
+        require=enc.boolean("require", False),
+    )
+    enc.done()
 
     log = root.section("logging")
     log_level = log.choice("level", LOG_LEVELS, "INFO")
@@ -272,9 +368,11 @@ def parse_config(data: Any, source_path: str | None = None) -> Config:
         federation=federation,
         max_json_body_bytes=max_json,
         app_service_config_files=app_services,
+        media=media,
         log_level=log_level,
         source_path=source_path,
         known_keys=frozenset(root.known),
+        encryption=encryption,
     )
 
 
@@ -311,6 +409,25 @@ def _database(s: Section, data_dir: str) -> DatabaseConfig:
     timeout = s.integer("connect_timeout", 10, min=1, max=300)
     s.done()
     return DatabaseConfig(url, engine, target, pool_min, pool_max, timeout)
+
+
+def _trusted(s: Section) -> TrustedKeyServer:
+    name = s.string("server_name")
+    keys = s.str_map("verify_keys")
+    s.done()
+    return TrustedKeyServer(name, keys)
+
+
+def _old_keys(s: Section) -> dict[str, OldSigningKey]:
+    out: dict[str, OldSigningKey] = {}
+    for key_id in list(s.data):
+        entry = s.section(str(key_id))
+        out[str(key_id)] = OldSigningKey(
+            entry.string("key"), entry.integer("expired_ts", min=0)
+        )
+        entry.done()
+    s.done()
+    return out
 
 
 def _rate(parent: Section, key: str, default: RateLimit) -> RateLimit:
@@ -355,3 +472,79 @@ def _check_host_port(s: Section, key: str, value: str) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise s.error(key, f"expected HOST:PORT, got {value!r}")
+
+
+def _media(s: Section, data_dir: str) -> MediaConfig:
+    defaults = MediaConfig(store_path="")
+    store_path = os.path.abspath(s.string("store_path", os.path.join(data_dir, "media")))
+    max_upload = s.integer("max_upload_bytes", defaults.max_upload_bytes, min=1, max=1 << 40)
+    max_pixels = s.integer("max_image_pixels", defaults.max_image_pixels, min=1, max=1 << 32)
+    sizes: tuple[ThumbnailSize, ...] = defaults.thumbnail_sizes
+    if "thumbnail_sizes" in s.data and s.data["thumbnail_sizes"] is not None:
+        parsed = []
+        for item in s.sections("thumbnail_sizes"):
+            parsed.append(
+                ThumbnailSize(
+                    width=item.integer("width", min=1, max=4096),
+                    height=item.integer("height", min=1, max=4096),
+                    method=item.choice("method", ("crop", "scale")),
+                )
+            )
+            item.done()
+        sizes = tuple(parsed)
+    else:
+        s.items("thumbnail_sizes", [])  # known key, default sizes
+    legacy = s.boolean(
+        "enable_legacy_unauthenticated_media", defaults.enable_legacy_unauthenticated_media
+    )
+    day = 24 * 3600 * 1000
+    expiry = s.integer(
+        "unused_upload_expiry_ms", defaults.unused_upload_expiry_ms, min=60_000, max=30 * day
+    )
+    pending = s.integer(
+        "max_pending_uploads_per_user", defaults.max_pending_uploads_per_user, min=1, max=10_000
+    )
+    max_remote = s.integer("max_remote_bytes", defaults.max_remote_bytes, min=1, max=1 << 40)
+    concurrent = s.integer(
+        "max_concurrent_remote_fetches", defaults.max_concurrent_remote_fetches, min=1, max=1000
+    )
+
+    up = s.section("url_preview")
+    preview = UrlPreviewConfig(
+        enabled=up.boolean("enabled", False),
+        allowed_ip_ranges=_ip_ranges(up, "allowed_ip_ranges"),
+        blocked_ip_ranges=_ip_ranges(up, "blocked_ip_ranges"),
+        max_page_bytes=up.integer(
+            "max_page_bytes", UrlPreviewConfig.max_page_bytes, min=1024, max=1 << 30
+        ),
+        timeout_seconds=up.integer(
+            "timeout_seconds", UrlPreviewConfig.timeout_seconds, min=1, max=300
+        ),
+    )
+    up.done()
+    s.done()
+    return MediaConfig(
+        store_path=store_path,
+        max_upload_bytes=max_upload,
+        max_image_pixels=max_pixels,
+        thumbnail_sizes=sizes,
+        enable_legacy_unauthenticated_media=legacy,
+        unused_upload_expiry_ms=expiry,
+        max_pending_uploads_per_user=pending,
+        max_remote_bytes=max_remote,
+        max_concurrent_remote_fetches=concurrent,
+        url_preview=preview,
+    )
+
+
+def _ip_ranges(s: Section, key: str) -> tuple[str, ...]:
+    ranges = s.str_list(key, [])
+    for i, r in enumerate(ranges):
+        try:
+            ipaddress.ip_network(r, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{s.path}.{key}[{i}]: expected an IP address range such as 10.0.0.0/8, "
+                f"got {r!r}"
+            ) from None
+    return tuple(ranges)

@@ -175,13 +175,80 @@ federation:
   static_servers: {{}}
   # Serve /.well-known/matrix/server delegating federation to this host:port, if set.
   # well_known_server: "matrix.example.com:443"
+  # Notary servers asked for another server's signing keys when that server cannot be
+  # reached directly, each pinned to its own keys. An entry looks like
+  #   {{server_name: "notary.example.com", verify_keys: {{"ed25519:auto": "<base64 key>"}}}}
+  trusted_key_servers: []
+  # Keys this server signed with in the past, still published so others can check old
+  # events, by key ID:
+  #   {{"ed25519:a_old": {{key: "<unpadded base64 verify key>", expired_ts: 1700000000000}}}}
+  old_signing_keys: {{}}
 
 limits:
   # The largest JSON request body accepted (413 M_TOO_LARGE beyond it).
   max_json_body_bytes: 10485760
 
+# The media repository: uploads, downloads, thumbnails and URL previews.
+media:
+  # Where files and thumbnails are kept, each named by the SHA-256 of its bytes.
+  # store_path: "<data_dir>/media"
+  # The largest upload accepted (413 M_TOO_LARGE beyond it), in bytes.
+  max_upload_bytes: 52428800
+  # Images with more pixels than this get no thumbnails (decompression bombs).
+  max_image_pixels: 32000000
+  # Thumbnails made for every uploaded image (crop: exactly this size; scale: fits inside it,
+  # keeping the aspect ratio). Clients asking for other sizes get the closest larger one.
+  thumbnail_sizes:
+    - width: 32
+      height: 32
+      method: crop
+    - width: 96
+      height: 96
+      method: crop
+    - width: 320
+      height: 240
+      method: scale
+    - width: 640
+      height: 480
+      method: scale
+    - width: 800
+      height: 600
+      method: scale
+  # The unauthenticated /_matrix/media/v3 download and thumbnail endpoints (deprecated by the
+  # spec). false freezes them: they serve only media stored while this was true; newer media
+  # needs the authenticated /_matrix/client/v1/media endpoints.
+  enable_legacy_unauthenticated_media: false
+  # A media ID reserved with /_matrix/media/v1/create expires if nothing is uploaded in time.
+  unused_upload_expiry_ms: 86400000
+  # How many reserved but not yet uploaded media IDs one user may hold.
+  max_pending_uploads_per_user: 5
+  # The largest file fetched from another server, and how many fetches run at once.
+  max_remote_bytes: 52428800
+  max_concurrent_remote_fetches: 10
+  url_preview:
+    # Let the server fetch web pages that users link to, to show a preview.
+    enabled: false
+    # Private, loopback, link-local, multicast and reserved addresses are never fetched
+    # (unless outbound_requests.allow_private_addresses is set); ranges listed here are
+    # fetched anyway, e.g. an intranet site.
+    allowed_ip_ranges: []
+    # Further ranges never fetched.
+    blocked_ip_ranges: []
+    # Pages and images larger than this are not fetched, in bytes.
+    max_page_bytes: 10485760
+    # Give up on a page after this many seconds.
+    timeout_seconds: 10
+
 # Application service registration files (YAML), one per bridge or bot.
 app_service_config_files:{app_services}
+# End-to-end encryption policy. Clients encrypt; the server only decides defaults.
+encryption:
+  # Which new rooms are created with encryption switched on: "all" rooms, "private" chats and
+  # direct messages (every room not created as public), or "off" (clients choose).
+  by_default: "private"
+  # Refuse plaintext messages (m.room.message) from this server's users in encrypted rooms.
+  require: false
+
 logging:
   # DEBUG, INFO, WARNING or ERROR.
   level: "INFO"

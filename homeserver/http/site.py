@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, BinaryIO
 
 from prometheus_client import Counter, Histogram
 from twisted.internet import defer
+from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
@@ -48,6 +49,17 @@ class RawResponse:
     def __init__(self, status: int, body: bytes, content_type: str) -> None:
         self.status = status
         self.body = body
+        self.content_type = content_type
+
+
+class FileResponse:
+    """A reply streamed from an open file (media), never read into memory whole. The site
+    closes the file when the reply is done or the client goes away."""
+
+    def __init__(self, status: int, file: BinaryIO, length: int, content_type: str) -> None:
+        self.status = status
+        self.file = file
+        self.length = length
         self.content_type = content_type
 
 
@@ -103,6 +115,8 @@ class RootResource(resource.Resource):
             result = await route.handler(request, **params)
             if isinstance(result, RawResponse):
                 self._write_raw(request, result)
+            elif isinstance(result, FileResponse):
+                self._write_file(request, result)
             else:
                 status, body = result
                 self._write_json(request, status, body)
@@ -132,6 +146,33 @@ class RootResource(resource.Resource):
         request.setHeader(b"Content-Type", response.content_type.encode())
         self._finish(request, response.body)
 
+    def _write_file(self, request: HomeserverRequest, response: FileResponse) -> None:
+        if request._disconnected or request.finished:
+            response.file.close()
+            return
+        request.setResponseCode(response.status)
+        request.setHeader(b"Content-Type", response.content_type.encode())
+        request.setHeader(b"Content-Length", str(response.length).encode())
+        description = _describe(request)
+        if request.method == b"HEAD":
+            response.file.close()
+            request.finish()
+            self._log_done(request, description)
+            return
+        sending = FileSender().beginFileTransfer(response.file, request)
+
+        def done(result: Any) -> None:
+            response.file.close()
+            if isinstance(result, Failure):
+                # The client went away mid-file: nothing more to say to it.
+                access_logger.info("%s stopped: client disconnected", description)
+                return
+            if not (request._disconnected or request.finished):
+                request.finish()
+            self._log_done(request, description)
+
+        sending.addBoth(done)
+
     def _finish(self, request: HomeserverRequest, payload: bytes) -> None:
         if request._disconnected or request.finished:
             return
@@ -140,6 +181,9 @@ class RootResource(resource.Resource):
         if request.method != b"HEAD":
             request.write(payload)
         request.finish()
+        self._log_done(request, description)
+
+    def _log_done(self, request: HomeserverRequest, description: str) -> None:
         elapsed = time.monotonic() - request.start_time
         REQUESTS.labels(request.method.decode("ascii", "replace"), request.route_label,
                         str(request.code)).inc()

@@ -4,20 +4,34 @@ HTTP layer. Endpoints take what they need from here; they hold no state of their
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from federation.keys import SigningKey
+from federation.transport.client import FederationClient, TransportOptions
 from homeserver.clock import Clock
 from homeserver.config import Config
 from homeserver.config.model import RateLimit
 from homeserver.services.accounts import AccountService
 from homeserver.services.auth import AuthService
+from homeserver.services.e2ee import E2eeServices, build_e2ee
+from homeserver.services.events import EventsService
+from homeserver.services.keyring import Keyring
+from homeserver.services.media import MediaService
+from homeserver.services.notifier import InProcessNotifier, Notifier
 from homeserver.services.profile import ProfileService
 from homeserver.services.ratelimit import Ratelimiter
+from homeserver.services.rooms import RoomService
+from homeserver.services.state import StateService
 from homeserver.services.uia import UiaService
 from homeserver.storage import Database
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.devices import DeviceStore
+from homeserver.storage.events import EventStore
 from homeserver.storage.filters import FilterStore
+from homeserver.storage.media import MediaStore
 from homeserver.storage.profiles import ProfileStore
+from homeserver.storage.server_keys import ServerKeyStore
+from homeserver.storage.state import StateStore
 from homeserver.storage.uia import RegistrationTokenStore, UiaStore
 from homeserver.storage.users import UserStore
 
@@ -43,21 +57,58 @@ class Services:
     auth: AuthService
     accounts: AccountService
     uia: UiaService
+    e2ee: E2eeServices
     profiles: ProfileService
     ratelimits: RateLimiters
+    federation_client: FederationClient
+    keyring: Keyring
+    media: MediaService
+    # Rooms and the event pipeline.
+    events: EventStore
+    state_store: StateStore
+    notifier: Notifier
+    pipeline: EventsService
+    state: StateService
+    rooms: RoomService
 
 
-def build_services(config: Config, db: Database, clock: Clock | None = None) -> Services:
+def build_services(
+    config: Config,
+    db: Database,
+    *,
+    reactor: Any,
+    signing_key: SigningKey,
+    clock: Clock | None = None,
+) -> Services:
     the_clock = clock or Clock()
+    federation_client = FederationClient(
+        reactor,
+        server_name=config.server_name,
+        signing_key=signing_key,
+        options=TransportOptions(
+            verify_tls=not config.outbound.accept_self_signed,
+            allow_private_addresses=config.outbound.allow_private_addresses,
+            static_map=config.federation.static_servers,
+        ),
+    )
     users = UserStore(db)
     devices = DeviceStore(db)
     registration_tokens = RegistrationTokenStore(db)
     rl = config.rate_limiting
+    profiles = ProfileService(ProfileStore(db))
+    event_store = EventStore(db)
+    state_store = StateStore(db)
+    notifier = InProcessNotifier(reactor)
+    pipeline = EventsService(
+        db=db, store=event_store, state_store=state_store, notifier=notifier, clock=the_clock,
+        server_name=config.server_name, signing_key=signing_key,
+    )
+    state = StateService(db, event_store, state_store)
 
     def limiter(limit: RateLimit) -> Ratelimiter:
         return Ratelimiter(limit, rl.enabled, the_clock)
 
-    return Services(
+    services = Services(
         config=config,
         clock=the_clock,
         db=db,
@@ -68,12 +119,28 @@ def build_services(config: Config, db: Database, clock: Clock | None = None) -> 
         filters=FilterStore(db),
         auth=AuthService(config, devices, the_clock),
         accounts=AccountService(config, users, devices, the_clock),
+        e2ee=build_e2ee(config, db, the_clock),
         uia=UiaService(UiaStore(db), users, registration_tokens, the_clock, config.server_name),
-        profiles=ProfileService(ProfileStore(db)),
+        profiles=profiles,
         ratelimits=RateLimiters(
             login_per_address=limiter(rl.login_per_address),
             login_failures_per_account=limiter(rl.login_failures_per_account),
             registration_per_address=limiter(rl.registration_per_address),
             messages_per_user=limiter(rl.messages_per_user),
         ),
+        federation_client=federation_client,
+        keyring=Keyring(config, ServerKeyStore(db), federation_client, signing_key, the_clock),
+        media=MediaService(config, MediaStore(db), the_clock, reactor),
+        events=event_store,
+        state_store=state_store,
+        notifier=notifier,
+        pipeline=pipeline,
+        state=state,
+        rooms=RoomService(
+            config=config, clock=the_clock, pipeline=pipeline, state=state, profiles=profiles
+        ),
     )
+    services.accounts.on_deactivate.append(services.e2ee.on_deactivate)
+    services.accounts.on_deactivate.append(services.rooms.on_deactivate)
+    services.profiles.on_change.append(services.rooms.on_profile_change)
+    return services

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from homeserver.storage.e2ee import delete_device_keys_txn
 from homeserver.storage.engine import Database, Txn
 
 
@@ -211,6 +212,7 @@ def _ensure_device(
 
 
 def delete_devices_txn(txn: Txn, user_id: str, device_ids: list[str] | None) -> None:
+    delete_device_keys_txn(txn, user_id, device_ids)
     for table in ("access_tokens", "refresh_tokens", "devices"):
         if device_ids is None:
             txn.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))

@@ -14,14 +14,18 @@ from homeserver.config.template import TemplateArgs, render_config
 
 
 def make_config_dict(
-    data_dir: str, db: DatabaseConfig, server_name: str = "test.local", **overrides: Any
+    data_dir: str,
+    db: DatabaseConfig,
+    server_name: str = "test.local",
+    federation_port: int = 0,
+    **overrides: Any,
 ) -> dict[str, Any]:
     text = render_config(
         TemplateArgs(
             server_name=server_name,
             data_dir=data_dir,
             client_listen=("127.0.0.1", 0),
-            federation_listen=("127.0.0.2", 0),
+            federation_listen=("127.0.0.2", federation_port),
             database=db.url,
             enable_registration=True,
             testing=True,
@@ -45,10 +49,23 @@ class RunningServer:
         await self.hs.shutdown()
 
 
-async def start_server(data_dir: str, db: DatabaseConfig, **overrides: Any) -> RunningServer:
-    config = parse_config(make_config_dict(data_dir, db, **overrides))
+async def start_server(
+    data_dir: str,
+    db: DatabaseConfig,
+    server_name: str = "test.local",
+    federation_port: int = 0,
+    **overrides: Any,
+) -> RunningServer:
+    config = parse_config(
+        make_config_dict(data_dir, db, server_name, federation_port, **overrides)
+    )
     hs = HomeServer(config, reactor)
-    await hs.start()
+    try:
+        await hs.start()
+    except BaseException:
+        # Close what did start (the database's worker thread would keep the process alive).
+        await hs.shutdown()
+        raise
     urls = {}
     for listener, port in zip(config.listeners, hs.ports, strict=True):
         scheme = "https" if listener.tls else "http"
@@ -56,3 +73,32 @@ async def start_server(data_dir: str, db: DatabaseConfig, **overrides: Any) -> R
         for resource in listener.resources:
             urls.setdefault(resource, url)
     return RunningServer(hs, urls["client"], urls["federation"])
+
+
+def free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+async def start_pair(
+    tmp_dir: str, db_a: DatabaseConfig, db_b: DatabaseConfig, **overrides: Any
+) -> tuple[RunningServer, RunningServer]:
+    """Two federating servers, a.test and b.test, each finding the other through the
+    static map (TLS with self-signed certificates, dev-mode outbound requests)."""
+    import os
+
+    port_a, port_b = free_port("127.0.0.2"), free_port("127.0.0.2")
+    static = {"a.test": f"127.0.0.2:{port_a}", "b.test": f"127.0.0.2:{port_b}"}
+    fed = {"static_servers": static}
+    a = await start_server(os.path.join(tmp_dir, "a"), db_a, "a.test", port_a,
+                           federation=fed, **overrides)
+    try:
+        b = await start_server(os.path.join(tmp_dir, "b"), db_b, "b.test", port_b,
+                               federation=fed, **overrides)
+    except BaseException:
+        await a.stop()
+        raise
+    return a, b

@@ -1,0 +1,705 @@
+"""The event pipeline: every event of a room goes build -> auth -> persist -> notify here.
+
+Events of one room are handled strictly in order by the room's queue (made on demand and
+dropped when idle); different rooms run in parallel. The queue drains in batches: sends that
+arrive while a batch is being persisted are built one after another, each on the state and
+extremities the previous one left (so concurrent sends never fork the room) and each
+authorised on its own, then persisted together in one transaction -- group commit, as
+Synapse's persistence queue does. A caller gets its event ID only once that transaction has
+committed.
+
+Under the queue, the room's head -- forward extremities, depth, current state (IDs), state
+group -- is cached in memory, so building a local event costs no query. The head moves on only
+after a commit; if a transaction fails it is dropped and read afresh. The work is shielded
+from cancellation: a client hanging up does not abandon a half-applied batch.
+
+Room-level rules (membership transitions, redaction permission, ...) live in
+``services.rooms``, which hands the pipeline a ``prepare`` callback that runs in the queue with
+a ``RoomView`` of the state as it will be when the event is built.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import ChainMap, deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from signedjson.types import SigningKey
+from twisted.internet import defer
+
+from federation.auth_rules import CREATE_KEY, AuthError, auth_types_for_event, check_auth
+from federation.builder import EventBuildError, build_event
+from federation.canonical_json import encode_canonical_json
+from federation.events import Event, JsonDict, StateKey
+from federation.identifiers import create_event_id_from_room_id, get_domain
+from federation.power_levels import get_named_level, get_user_power_level
+from federation.redaction import redact
+from federation.room_versions import RoomVersion
+from homeserver.clock import Clock
+from homeserver.http.errors import Codes, MatrixError
+from homeserver.services.notifier import Notifier
+from homeserver.storage.cache import LruCache
+from homeserver.storage.engine import Database
+from homeserver.storage.events import (
+    EVENTS_STREAM,
+    DuplicateTransaction,
+    EventStore,
+    NewRoom,
+    PersistItem,
+    PersistResult,
+    StoredEvent,
+    persist_txn,
+)
+from homeserver.storage.state import StateFilter, StateStore
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_EVENT_BYTES = 65536
+MAX_KEY_BYTES = 255
+# At most this many forward extremities become a new event's prev_events.
+MAX_PREV_EVENTS = 10
+# At most this many queued sends go into one transaction.
+MAX_BATCH = 100
+MEMBER = "m.room.member"
+REDACTION = "m.room.redaction"
+
+
+@dataclass
+class EventSpec:
+    """A local event to build: what the sender asked for."""
+
+    type: str
+    sender: str
+    content: JsonDict
+    state_key: str | None = None
+    redacts: str | None = None
+    # (device_id, txn_id) of the client request, for idempotent retries.
+    txn: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class SendResult:
+    event_id: str
+    stream_ordering: int | None
+    # True when nothing new was made: a retried transaction or a no-op change.
+    existing: bool = False
+
+
+@dataclass
+class RoomHead:
+    """A room's head, as cached for its queue."""
+
+    room_id: str
+    room_version: RoomVersion
+    creator: str
+    extremities: list[str]
+    max_depth: int
+    state_group: int
+    state_chain_len: int
+    state: dict[StateKey, str]
+
+
+@dataclass
+class _Work:
+    """A batch being built: state and extremities move on as each event is built, on top of
+    the head, which changes only once the batch is committed."""
+
+    head: RoomHead
+    extremities: list[str]
+    max_depth: int
+    changes: dict[StateKey, str] = field(default_factory=dict)
+    built: dict[str, Event] = field(default_factory=dict)
+    txns: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+    def state_id(self, key: StateKey) -> str | None:
+        found = self.changes.get(key)
+        return found if found is not None else self.head.state.get(key)
+
+
+class RoomView:
+    """What a ``prepare`` callback may read: the room's state as the event will see it."""
+
+    def __init__(self, pipeline: EventsService, work: _Work) -> None:
+        self._pipeline = pipeline
+        self._work = work
+
+    @property
+    def room_id(self) -> str:
+        return self._work.head.room_id
+
+    @property
+    def room_version(self) -> RoomVersion:
+        return self._work.head.room_version
+
+    @property
+    def creator(self) -> str:
+        return self._work.head.creator
+
+    def state_ids(self) -> Mapping[StateKey, str]:
+        return ChainMap(self._work.changes, self._work.head.state)
+
+    def state_id(self, key: StateKey) -> str | None:
+        return self._work.state_id(key)
+
+    async def state_events(self, keys: Iterable[StateKey]) -> dict[StateKey, Event]:
+        ids = {k: i for k in keys if (i := self._work.state_id(k)) is not None}
+        found = await self._pipeline._events(self._work, ids.values())
+        return {k: found[v] for k, v in ids.items()}
+
+    async def state_event(self, key: StateKey) -> Event | None:
+        return (await self.state_events([key])).get(key)
+
+    async def membership(self, user_id: str) -> str | None:
+        ev = await self.state_event((MEMBER, user_id))
+        return ev.membership if ev is not None else None
+
+    async def power_level(self, user_id: str) -> float:
+        state = await self.state_events([CREATE_KEY, ("m.room.power_levels", "")])
+        return get_user_power_level(user_id, state)
+
+    async def named_level(self, name: str) -> int:
+        state = await self.state_events([("m.room.power_levels", "")])
+        return get_named_level(state, name)
+
+
+Prepare = Callable[[RoomView], Awaitable["EventSpec | str"]]
+
+
+def _shield(d: defer.Deferred[T]) -> defer.Deferred[T]:
+    """A Deferred that fires with ``d``'s result; cancelling it leaves ``d`` running."""
+    out: defer.Deferred[T] = defer.Deferred()
+
+    def fire(result: Any) -> None:
+        if not out.called:
+            out.callback(result)
+
+    d.addBoth(fire)
+    return out
+
+
+def _resolve(d: defer.Deferred[T], result: T | BaseException) -> None:
+    if d.called:
+        return
+    if isinstance(result, BaseException):
+        d.errback(result)
+    else:
+        d.callback(result)
+
+
+@dataclass
+class _Send:
+    prepare: Prepare | EventSpec
+    deferred: defer.Deferred[SendResult]
+    # Persist in a transaction of its own (a retry after a batch failed).
+    solo: bool = False
+
+
+@dataclass
+class _Exclusive:
+    run: Callable[[], Awaitable[Any]]
+    deferred: defer.Deferred[Any]
+
+
+class _RoomQueue:
+    def __init__(self) -> None:
+        self.jobs: deque[_Send | _Exclusive] = deque()
+        self.batches = 0  # transactions (for tests and metrics)
+
+
+def size_error(e: EventBuildError) -> MatrixError:
+    if "the limit is" in e.args[0]:
+        return MatrixError(413, Codes.TOO_LARGE, f"Event is too large: {e.args[0]}")
+    return MatrixError(400, Codes.BAD_JSON, f"Invalid event: {e.args[0]}")
+
+
+def validate_spec(spec: EventSpec) -> None:
+    if len(spec.type.encode("utf-8")) > MAX_KEY_BYTES:
+        raise MatrixError(400, Codes.INVALID_PARAM, "Event type is longer than 255 bytes")
+    if spec.state_key is not None and len(spec.state_key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise MatrixError(400, Codes.INVALID_PARAM, "State key is longer than 255 bytes")
+    try:
+        size = len(encode_canonical_json(spec.content))
+    except (ValueError, TypeError) as e:
+        raise MatrixError(400, Codes.BAD_JSON, f"Content is not valid JSON: {e}") from None
+    if size > MAX_EVENT_BYTES:
+        raise MatrixError(
+            413, Codes.TOO_LARGE, f"Event content is {size} bytes; the limit is {MAX_EVENT_BYTES}"
+        )
+
+
+class EventsService:
+    """The pipeline. ``send`` for one local event, ``create_room`` for a new room's events."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        store: EventStore,
+        state_store: StateStore,
+        notifier: Notifier,
+        clock: Clock,
+        server_name: str,
+        signing_key: SigningKey,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.state_store = state_store
+        self.notifier = notifier
+        self.clock = clock
+        self.server_name = server_name
+        self.signing_key = signing_key
+        self.queues: dict[str, _RoomQueue] = {}
+        self.batches = 0
+        self._heads: LruCache[str, RoomHead] = LruCache(20_000)
+        self._txns: LruCache[tuple[str, str, str], str] = LruCache(100_000)
+        # Called after each committed batch (room_id, events): sync, push, federation sending.
+        self.on_persisted: list[Callable[[str, list[StoredEvent]], None]] = []
+
+    # -- reading the head ------------------------------------------------------------------
+    async def _load_head(self, room_id: str) -> RoomHead:
+        head = self._heads.get(room_id)
+        if head is not None:
+            return head
+        row = await self.store.get_room(room_id)
+        if row is None:
+            raise MatrixError(404, Codes.NOT_FOUND, f"Unknown room {room_id}")
+        state = await self.state_store.current_state(room_id)
+        head = RoomHead(
+            room_id=room_id,
+            room_version=row.room_version,
+            creator=row.creator,
+            extremities=list(row.extremities),
+            max_depth=row.max_depth,
+            state_group=row.state_group,
+            state_chain_len=row.state_chain_len,
+            state=state,
+        )
+        self._heads.set(room_id, head)
+        return head
+
+    async def room_exists(self, room_id: str) -> bool:
+        if self._heads.get(room_id) is not None:
+            return True
+        return await self.store.get_room(room_id) is not None
+
+    async def current_state_ids(
+        self, room_id: str, state_filter: StateFilter | None = None
+    ) -> dict[StateKey, str]:
+        """The room's current state (404 for an unknown room)."""
+        head = self._heads.get(room_id)
+        if head is not None:
+            return (state_filter or StateFilter.all()).apply(head.state)
+        if not await self.room_exists(room_id):
+            raise MatrixError(404, Codes.NOT_FOUND, f"Unknown room {room_id}")
+        return await self.state_store.current_state(room_id, state_filter)
+
+    async def current_state_event(self, room_id: str, key: StateKey) -> StoredEvent | None:
+        ids = await self.current_state_ids(room_id, StateFilter.from_keys([key]))
+        return await self.store.get_event(ids[key]) if key in ids else None
+
+    def forward_extremities(self, room_id: str) -> list[str] | None:
+        head = self._heads.get(room_id)
+        return list(head.extremities) if head is not None else None
+
+    # -- the room queue ------------------------------------------------------------------------
+    def _enqueue(self, room_id: str, job: _Send | _Exclusive) -> None:
+        queue = self.queues.get(room_id)
+        if queue is None:
+            queue = self.queues[room_id] = _RoomQueue()
+            queue.jobs.append(job)
+            defer.ensureDeferred(self._drain(room_id, queue))
+        else:
+            queue.jobs.append(job)
+
+    async def _drain(self, room_id: str, queue: _RoomQueue) -> None:
+        try:
+            while queue.jobs:
+                job = queue.jobs.popleft()
+                if isinstance(job, _Exclusive):
+                    try:
+                        _resolve(job.deferred, await job.run())
+                    except BaseException as e:
+                        _resolve(job.deferred, e)
+                    continue
+                batch = [job]
+                while not job.solo and len(batch) < MAX_BATCH and queue.jobs:
+                    nxt = queue.jobs[0]
+                    if not isinstance(nxt, _Send) or nxt.solo:
+                        break
+                    batch.append(queue.jobs.popleft())  # type: ignore[arg-type]
+                queue.batches += 1
+                await self._process(room_id, batch, queue)
+        except BaseException:
+            logger.exception("the event queue of %s failed", room_id)
+            for job in queue.jobs:
+                _resolve(job.deferred, MatrixError(500, Codes.UNKNOWN, "Internal error"))
+        finally:
+            del self.queues[room_id]
+
+    async def send(self, room_id: str, prepare: Prepare | EventSpec) -> SendResult:
+        """Build, authorise and persist one local event in ``room_id``.
+
+        ``prepare`` (or the spec itself) runs in the room's queue; it may return an event ID
+        instead of a spec to say "nothing to do, this is the answer". Raises MatrixError:
+        404 unknown room, 403 (with the auth rules' reason), 413 too large, 400 malformed.
+        """
+        if isinstance(prepare, EventSpec):
+            validate_spec(prepare)
+            if prepare.txn is not None:
+                seen = self._txns.get((prepare.sender, *prepare.txn))
+                if seen is not None:
+                    return SendResult(seen, None, existing=True)
+        d: defer.Deferred[SendResult] = defer.Deferred()
+        self._enqueue(room_id, _Send(prepare, d))
+        return await _shield(d)
+
+    async def exclusive(self, room_id: str, run: Callable[[], Awaitable[T]]) -> T:
+        """Run ``run`` in the room's queue, alone (for writers other than local sends)."""
+        d: defer.Deferred[T] = defer.Deferred()
+        self._enqueue(room_id, _Exclusive(run, d))
+        return await _shield(d)
+
+    async def _process(self, room_id: str, batch: list[_Send], queue: _RoomQueue) -> None:
+        try:
+            head = await self._load_head(room_id)
+        except BaseException as e:
+            for job in batch:
+                _resolve(job.deferred, e)
+            return
+        work = _Work(head, list(head.extremities), head.max_depth)
+        items: list[PersistItem] = []
+        built: list[tuple[_Send, int]] = []  # job, index into items
+        answered: list[tuple[_Send, str]] = []  # no-ops, answered once the batch commits
+        for job in batch:
+            try:
+                prepare = job.prepare
+                if isinstance(prepare, EventSpec):
+                    spec: EventSpec | str = prepare
+                else:
+                    spec = await prepare(RoomView(self, work))
+                    if isinstance(spec, EventSpec):
+                        validate_spec(spec)
+                if isinstance(spec, str):
+                    answered.append((job, spec))
+                    continue
+                if spec.txn is not None:
+                    key = (spec.sender, *spec.txn)
+                    seen = work.txns.get(key) or self._txns.get(key)
+                    if seen is not None:
+                        answered.append((job, seen))
+                        continue
+                items.append(await self._build(work, spec))
+                built.append((job, len(items) - 1))
+                if spec.txn is not None:
+                    work.txns[(spec.sender, *spec.txn)] = items[-1].event.event_id
+            except MatrixError as e:
+                _resolve(job.deferred, e)
+            except Exception as e:
+                logger.exception("building an event in %s failed", room_id)
+                _resolve(job.deferred, e)
+        if items:
+            try:
+                result, stored = await self._persist(work, items, None)
+            except DuplicateTransaction as dup:
+                if len(items) == 1:
+                    job = built[0][0]
+                    spec_txn = items[0].txn
+                    if spec_txn is not None:
+                        self._txns.set((items[0].event.sender, *spec_txn), dup.event_id)
+                    _resolve(job.deferred, SendResult(dup.event_id, None, existing=True))
+                    for job, eid in answered:
+                        _resolve(job.deferred, SendResult(eid, None, existing=True))
+                    return
+                # Some retried transaction was only in the database: redo them one by one.
+                redo = sorted([j for j, _ in built] + [j for j, _ in answered],
+                              key=batch.index)
+                for job in reversed(redo):
+                    queue.jobs.appendleft(_Send(job.prepare, job.deferred, solo=True))
+                return
+            except BaseException as e:
+                for job, _ in built:
+                    _resolve(job.deferred, e)
+                for job, _ in answered:
+                    _resolve(job.deferred, e)
+                return
+            for job, i in built:
+                _resolve(job.deferred, SendResult(stored[i].event_id, stored[i].stream_ordering))
+            self._after_commit(room_id, stored, result)
+        for job, eid in answered:
+            _resolve(job.deferred, SendResult(eid, None, existing=True))
+
+    async def create_room(
+        self,
+        room_version: RoomVersion,
+        creator: str,
+        create_content: JsonDict,
+        specs: Sequence[EventSpec],
+        *,
+        is_public: bool = False,
+        room_id: str | None = None,
+        aliases: Sequence[str] = (),
+    ) -> tuple[str, list[str]]:
+        """Build the create event and ``specs`` after it, authorise each against the state
+        the ones before it made, and persist them all in one transaction. Returns the room ID
+        and the event IDs. ``room_id`` is required before v12 (whose room ID comes from the
+        create event)."""
+        create_spec = EventSpec("m.room.create", creator, create_content, state_key="")
+        validate_spec(create_spec)
+        for spec in specs:
+            validate_spec(spec)
+        if room_version.room_id_is_create_event_hash:
+            room_id = None
+        elif room_id is None:
+            raise ValueError("room_id is required before room version 12")
+        try:
+            create = build_event(
+                room_version=room_version, event_type="m.room.create", sender=creator,
+                content=create_content, room_id=room_id, prev_events=[], current_state={},
+                origin_server_ts=self.clock.time_ms(), signing_key=self.signing_key,
+                server_name=self.server_name, state_key="",
+            )
+            check_auth(create, {})
+        except EventBuildError as e:
+            raise size_error(e) from None
+        except AuthError as e:
+            raise MatrixError(400, Codes.BAD_JSON, f"Invalid create event: {e.reason}") from None
+        rid = create.room_id
+
+        async def run() -> list[str]:
+            head = RoomHead(rid, room_version, creator, [], 0, 0, 0, {})
+            work = _Work(head, [], 0)
+            self._advance(work, create)
+            items = [PersistItem(create)]
+            for spec in specs:
+                items.append(await self._build(work, spec))
+            new_room = NewRoom(rid, room_version.identifier, creator, is_public,
+                               self.clock.time_ms(), tuple(aliases))
+            result, stored = await self._persist(work, items, new_room)
+            self._after_commit(rid, stored, result)
+            return [s.event_id for s in stored]
+
+        return rid, await self.exclusive(rid, run)
+
+    # -- build and authorise -------------------------------------------------------------------
+    async def _events(self, work: _Work, ids: Iterable[str]) -> dict[str, Event]:
+        out: dict[str, Event] = {}
+        missing = []
+        for eid in ids:
+            built = work.built.get(eid)
+            if built is not None:
+                out[eid] = built
+            else:
+                missing.append(eid)
+        if missing:
+            found = await self.store.get_events(missing)
+            for eid in missing:
+                if eid not in found:
+                    raise RuntimeError(f"event {eid} of room {work.head.room_id} is missing")
+                out[eid] = found[eid].event
+        return out
+
+    async def _build(self, work: _Work, spec: EventSpec) -> PersistItem:
+        head = work.head
+        rv = head.room_version
+        keys = auth_types_for_event(rv, spec.type, spec.state_key, spec.sender, spec.content)
+        keys.add(CREATE_KEY)
+        ids = {k: i for k in keys if (i := work.state_id(k)) is not None}
+        prev_ids = work.extremities[-MAX_PREV_EVENTS:]
+        loaded = await self._events(work, [*ids.values(), *prev_ids])
+        state = {k: loaded[i] for k, i in ids.items()}
+        try:
+            event = build_event(
+                room_version=rv,
+                event_type=spec.type,
+                sender=spec.sender,
+                content=spec.content,
+                room_id=head.room_id,
+                prev_events=[loaded[p] for p in prev_ids],
+                current_state=state,
+                origin_server_ts=self.clock.time_ms(),
+                signing_key=self.signing_key,
+                server_name=self.server_name,
+                state_key=spec.state_key,
+                redacts=spec.redacts,
+            )
+        except EventBuildError as e:
+            raise size_error(e) from None
+        try:
+            check_auth(event, state)
+        except AuthError as e:
+            raise MatrixError(403, Codes.FORBIDDEN, e.reason) from None
+
+        item = PersistItem(event, txn=spec.txn)
+        if event.is_state():
+            item.replaces = work.state_id(event.state_tuple)
+            by_id = {e.event_id: k for k, e in state.items()}
+            auth = [(a, by_id[a]) for a in event.auth_event_ids if a in by_id]
+            if rv.room_id_is_create_event_hash:
+                auth.append((create_event_id_from_room_id(head.room_id), CREATE_KEY))
+            item.auth = auth
+        if event.type == REDACTION and event.redacts is not None:
+            item.redacts = event.redacts
+            target = await self.store.get_event(event.redacts)
+            if target is not None and target.room_id == head.room_id:
+                if _may_apply_redaction(event, target.event, state):
+                    item.redacted_json = redact(target.event.pdu_json(), rv)
+        self._advance(work, event)
+        return item
+
+    def _advance(self, work: _Work, event: Event) -> None:
+        work.built[event.event_id] = event
+        work.extremities = [event.event_id]
+        work.max_depth = max(work.max_depth, event.depth)
+        if event.is_state():
+            work.changes[event.state_tuple] = event.event_id
+
+    # -- persist and publish ----------------------------------------------------------------
+    async def _persist(
+        self, work: _Work, items: list[PersistItem], new_room: NewRoom | None
+    ) -> tuple[PersistResult, list[StoredEvent]]:
+        head = work.head
+        referenced: set[str] = set()
+        for it in items:
+            referenced.update(it.event.prev_event_ids)
+            referenced.update(a for a, _ in it.auth)
+            if it.replaces:
+                referenced.add(it.replaces)
+            if it.redacts:
+                referenced.add(it.redacts)
+        known = {}
+        for eid in referenced:
+            cached = self.store.cached(eid)
+            if cached is not None:
+                known[eid] = cached.event_nid
+        try:
+            result = await self.db.run(
+                "persist_events",
+                persist_txn,
+                head.room_id,
+                head.state_group if new_room is None else None,
+                head.state_chain_len,
+                items,
+                work.extremities,
+                work.max_depth,
+                new_room,
+                known,
+                self.state_store.key_nids,
+                self.clock.time_ms(),
+            )
+        except DuplicateTransaction:
+            raise
+        except BaseException:
+            # The transaction may or may not have committed: read the head afresh next time.
+            self._heads.pop(head.room_id)
+            raise
+        self.batches += 1
+        # Committed: move the head on.
+        head.state.update(work.changes)
+        head.extremities = work.extremities
+        head.max_depth = work.max_depth
+        head.state_group = result.state_group
+        head.state_chain_len = result.state_chain_len
+        if new_room is not None:
+            self._heads.set(head.room_id, head)
+        stored = [
+            StoredEvent(
+                event=it.event,
+                event_nid=p.event_nid,
+                room_id=head.room_id,
+                stream_ordering=p.stream_ordering,
+                state_group=p.state_group,
+                rejected=it.rejected,
+                replaces_state=it.replaces,
+                redacted_by=None,
+                txn_device=it.txn[0] if it.txn else None,
+                txn_id=it.txn[1] if it.txn else None,
+            )
+            for it, p in zip(items, result.events, strict=True)
+        ]
+        self.store.cache(stored)
+        for it in items:
+            if it.redacted_json is not None and it.redacts is not None:
+                self.store.invalidate(it.redacts)
+            if it.txn is not None:
+                self._txns.set((it.event.sender, *it.txn), it.event.event_id)
+        return result, stored
+
+    def _after_commit(self, room_id: str, stored: list[StoredEvent], result: PersistResult) -> None:
+        users = {
+            s.event.state_key
+            for s in stored
+            if s.event.type == MEMBER and s.event.state_key is not None
+        }
+        self.notifier.notify(
+            EVENTS_STREAM, stored[-1].stream_ordering, rooms=[room_id], users=users
+        )
+        for hook in self.on_persisted:
+            try:
+                hook(room_id, stored)
+            except Exception:
+                logger.exception("on_persisted hook failed for %s", room_id)
+
+
+def _may_apply_redaction(
+    redaction: Event, target: Event, state: Mapping[StateKey, Event]
+) -> bool:
+    """Whether a redaction takes effect on its target: the redacter has the redact level, or
+    (room v3+) comes from the target sender's server; v1/v2 checked this in the auth rules."""
+    if redaction.room_version.uses_server_assigned_event_ids:
+        return True
+    if get_user_power_level(redaction.sender, state) >= get_named_level(state, "redact"):
+        return True
+    return get_domain(redaction.sender) == get_domain(target.sender)
+
+
+# -- the client format -----------------------------------------------------------------------
+
+
+def client_event(
+    stored: StoredEvent,
+    now_ms: int,
+    *,
+    device: tuple[str, str | None] | None = None,
+    replaced: StoredEvent | None = None,
+    redaction: StoredEvent | None = None,
+) -> JsonDict:
+    """The event in the client-server API's ClientEvent format.
+
+    ``device`` is the requester's (user_id, device_id), to add ``transaction_id`` for its own
+    sends; ``replaced`` the state event this one replaced (``prev_content``); ``redaction``
+    the event that redacted it (``redacted_because``).
+    """
+    ev = stored.event
+    out: JsonDict = {
+        "event_id": ev.event_id,
+        "type": ev.type,
+        "sender": ev.sender,
+        "origin_server_ts": ev.origin_server_ts,
+        "content": ev.content,
+        "room_id": stored.room_id,
+    }
+    if ev.is_state():
+        out["state_key"] = ev.state_key
+    redacts = ev.redacts
+    if redacts is not None:
+        # v11 moved it into content; clients of older versions read the top-level key.
+        out["redacts"] = redacts
+    unsigned: JsonDict = {"age": max(0, now_ms - ev.origin_server_ts)}
+    if replaced is not None:
+        unsigned["replaces_state"] = replaced.event_id
+        unsigned["prev_content"] = replaced.event.content
+        unsigned["prev_sender"] = replaced.event.sender
+    if redaction is not None:
+        unsigned["redacted_because"] = client_event(redaction, now_ms)
+    if (
+        device is not None
+        and stored.txn_id is not None
+        and device[0] == ev.sender
+        and device[1] == stored.txn_device
+    ):
+        unsigned["transaction_id"] = stored.txn_id
+    out["unsigned"] = unsigned
+    return out
