@@ -66,6 +66,7 @@ class HomeServer:
         )
         self._register_routes(self.services)
         self._listen()
+        await self.services.federation_sender.start()
 
     def _register_routes(self, services: Services) -> None:
         versions.register(self.router, self.config)
@@ -116,6 +117,7 @@ class HomeServer:
         if remaining:
             logger.warning("closing %d requests still in flight after %.0fs", remaining, waited)
         if self.services is not None:
+            await self.services.federation_sender.stop()
             await self.services.federation_client.close()
         if self.db is not None:
             await self.db.close()

@@ -425,9 +425,10 @@ class EventsService:
                 for job, _ in answered:
                     _resolve(job.deferred, e)
                 return
+            # Publish first: a caller that gets its event ID back must find it on the stream.
+            self._after_commit(room_id, stored, result)
             for job, i in built:
                 _resolve(job.deferred, SendResult(stored[i].event_id, stored[i].stream_ordering))
-            self._after_commit(room_id, stored, result)
         for job, eid in answered:
             _resolve(job.deferred, SendResult(eid, None, existing=True))
 

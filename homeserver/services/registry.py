@@ -15,6 +15,7 @@ from homeserver.services.accounts import AccountService
 from homeserver.services.auth import AuthService
 from homeserver.services.e2ee import E2eeServices, build_e2ee
 from homeserver.services.events import EventsService
+from homeserver.services.federation_sender import FederationSender
 from homeserver.services.keyring import Keyring
 from homeserver.services.media import MediaService
 from homeserver.services.notifier import InProcessNotifier, Notifier
@@ -30,6 +31,7 @@ from homeserver.storage.events import EventStore
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.media import MediaStore
 from homeserver.storage.profiles import ProfileStore
+from homeserver.storage.federation_queue import FederationQueueStore
 from homeserver.storage.server_keys import ServerKeyStore
 from homeserver.storage.state import StateStore
 from homeserver.storage.uia import RegistrationTokenStore, UiaStore
@@ -62,6 +64,7 @@ class Services:
     ratelimits: RateLimiters
     federation_client: FederationClient
     keyring: Keyring
+    federation_sender: FederationSender
     media: MediaService
     # Rooms and the event pipeline.
     events: EventStore
@@ -130,6 +133,9 @@ def build_services(
         ),
         federation_client=federation_client,
         keyring=Keyring(config, ServerKeyStore(db), federation_client, signing_key, the_clock),
+        federation_sender=FederationSender(
+            config.server_name, FederationQueueStore(db), federation_client, the_clock, reactor
+        ),
         media=MediaService(config, MediaStore(db), the_clock, reactor),
         events=event_store,
         state_store=state_store,
@@ -143,4 +149,5 @@ def build_services(
     services.accounts.on_deactivate.append(services.e2ee.on_deactivate)
     services.accounts.on_deactivate.append(services.rooms.on_deactivate)
     services.profiles.on_change.append(services.rooms.on_profile_change)
+    services.e2ee.keys.set_shared_users_source(services.rooms.users_sharing_rooms)
     return services

@@ -333,7 +333,17 @@ class RoomService:
         if event_type == "m.room.canonical_alias" and state_key == "":
             await self._check_canonical_alias(room_id, content)
         spec = EventSpec(event_type, sender, dict(content), state_key=state_key, txn=txn)
-        return (await self.pipeline.send(room_id, spec)).event_id
+        if state_key is None:
+            return (await self.pipeline.send(room_id, spec)).event_id
+
+        async def prepare(view: RoomView) -> EventSpec | str:
+            # Setting state to what the same sender already set is a no-op (as in Synapse).
+            current = await view.state_event((event_type, state_key))
+            if current is not None and current.sender == sender and current.content == content:
+                return current.event_id
+            return spec
+
+        return (await self.pipeline.send(room_id, prepare)).event_id
 
     async def _check_canonical_alias(self, room_id: str, content: JsonDict) -> None:
         aliases: list[Any] = []
@@ -752,6 +762,10 @@ class RoomService:
     async def joined_rooms(self, user_id: str) -> list[str]:
         rows = await self.state_store.rooms_for_user(user_id, ["join"])
         return sorted(m.room_id for m in rows)
+
+    async def users_sharing_rooms(self, user_id: str) -> set[str]:
+        """Who shares a room with the user (E2EE device list tracking)."""
+        return await self.state_store.users_sharing_rooms(user_id)
 
     async def rooms_for_user(
         self, user_id: str, memberships: Iterable[str] | None = None

@@ -467,7 +467,13 @@ def paginate_txn(
         # Going back, events before the start point and after the end point.
         before = backwards == is_start
         if pos.depth is None:
-            clauses.append("e.stream_ordering <= ?" if before else "e.stream_ordering > ?")
+            if before and backwards:
+                # Walk the topological index back from the end, skipping what came after
+                # the stream position (the unary + keeps SQLite from picking the stream
+                # index and sorting the whole room instead).
+                clauses.append("+e.stream_ordering <= ?")
+            else:
+                clauses.append("e.stream_ordering <= ?" if before else "e.stream_ordering > ?")
             params.append(pos.stream)
         else:
             clauses.append(
@@ -538,6 +544,45 @@ class EventStore:
         events = await self.db.run(
             "paginate", paginate_txn, room_id, start, end, backwards, limit
         )
+        self.cache(events)
+        return events
+
+    async def room_events_by_stream(
+        self, room_id: str, after: int, upto: int, limit: int
+    ) -> tuple[list[StoredEvent], bool]:
+        """The newest ``limit`` accepted events with ``after`` < stream <= ``upto``, oldest
+        first, and whether older ones in that range were left out (sync's ``limited``)."""
+
+        def txn_fn(txn: Txn) -> list[StoredEvent]:
+            rows = txn.execute(
+                f"SELECT {_EVENT_COLUMNS}{_EVENT_FROM} WHERE e.room_id = ?"
+                " AND e.stream_ordering > ? AND e.stream_ordering <= ? AND e.rejected IS NULL"
+                " ORDER BY e.stream_ordering DESC LIMIT ?",
+                (room_id, after, upto, limit + 1),
+            ).fetchall()
+            return [_row_to_event(r) for r in rows]
+
+        events = await self.db.run("room_events_by_stream", txn_fn)
+        self.cache(events)
+        limited = len(events) > limit
+        return list(reversed(events[:limit])), limited
+
+    async def membership_changes(
+        self, user_id: str, after: int, upto: int
+    ) -> list[StoredEvent]:
+        """The user's membership events with ``after`` < stream <= ``upto``, oldest first
+        (sync: rooms joined, invited to, left in that range)."""
+
+        def txn_fn(txn: Txn) -> list[StoredEvent]:
+            rows = txn.execute(
+                f"SELECT {_EVENT_COLUMNS}{_EVENT_FROM} WHERE e.state_key = ?"
+                " AND e.membership IS NOT NULL AND e.stream_ordering > ?"
+                " AND e.stream_ordering <= ? AND e.rejected IS NULL ORDER BY e.stream_ordering",
+                (user_id, after, upto),
+            ).fetchall()
+            return [_row_to_event(r) for r in rows]
+
+        events = await self.db.run("membership_changes", txn_fn)
         self.cache(events)
         return events
 

@@ -376,6 +376,20 @@ class StateStore:
 
         return await self.db.run("room_members", txn_fn)
 
+    async def users_sharing_rooms(self, user_id: str) -> set[str]:
+        """Everyone joined to a room the user is joined to (the user included)."""
+
+        def txn_fn(txn: Txn) -> set[str]:
+            rows = txn.execute(
+                "SELECT DISTINCT b.state_key FROM current_state a JOIN current_state b"
+                " ON b.room_id = a.room_id AND b.type = a.type AND b.membership = 'join'"
+                " WHERE a.state_key = ? AND a.type = ? AND a.membership = 'join'",
+                (user_id, MEMBER),
+            ).fetchall()
+            return {r[0] for r in rows}
+
+        return await self.db.run("users_sharing_rooms", txn_fn)
+
     async def membership(self, room_id: str, user_id: str) -> Membership | None:
         def txn_fn(txn: Txn) -> Membership | None:
             row = txn.execute(

@@ -116,6 +116,11 @@ def register(router: Router, s: Services) -> None:
         if user is None or user.deactivated:
             raise MatrixError(403, "M_USER_DEACTIVATED" if user else Codes.FORBIDDEN,
                               "This account has been deactivated" if user else "Invalid login")
+        if device_id is not None and await s.e2ee.keys.device_id_is_taken_by_a_key(
+            user_id, device_id
+        ):
+            # Device IDs and cross-signing public keys share one namespace (spec).
+            raise MatrixError(400, Codes.INVALID_PARAM, "That device ID is a cross-signing key")
         return 200, await s.auth.issue_session(user_id, device_id, display_name,
                                                refreshable=refreshable)
 
