@@ -97,26 +97,6 @@ class UserStore:
 
         return await self.db.run("count_guests", txn_fn)
 
-    async def search(self, term: str, limit: int) -> list[tuple[str, str | None, str | None]]:
-        """Active local users whose ID or display name contains ``term``:
-        (user_id, displayname JSON, avatar_url JSON)."""
-
-        def txn_fn(txn: Txn) -> list[tuple[str, str | None, str | None]]:
-            like = "%" + term.lower().replace("\\", "\\\\").replace("%", "\\%").replace(
-                "_", "\\_") + "%"
-            rows = txn.execute(
-                "SELECT u.user_id, d.value, a.value FROM users u"
-                " LEFT JOIN profiles d ON d.user_id = u.user_id AND d.field = 'displayname'"
-                " LEFT JOIN profiles a ON a.user_id = u.user_id AND a.field = 'avatar_url'"
-                " WHERE u.deactivated = ? AND u.is_guest = ?"
-                " AND (LOWER(u.user_id) LIKE ? ESCAPE '\\' OR LOWER(d.value) LIKE ? ESCAPE '\\')"
-                " ORDER BY u.user_id LIMIT ?",
-                (False, False, like, like, limit),
-            ).fetchall()
-            return [(r[0], r[1], r[2]) for r in rows]
-
-        return await self.db.run("search_users", txn_fn)
-
 
 def _create(txn: Txn, user_id: str, password_hash: str | None, admin: bool, ts: int) -> None:
     if txn.execute("SELECT 1 FROM users WHERE user_id = ?", (user_id,)).fetchone():

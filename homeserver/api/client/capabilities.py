@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from federation.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.request import HomeserverRequest
@@ -31,21 +29,21 @@ def register(router: Router, s: Services) -> None:
         }
 
     async def search_users(request: HomeserverRequest) -> JsonResponse:
-        await s.auth.authenticate(request)
+        requester = await s.auth.authenticate(request)
         body = request.json_object()
         term = require_str(body, "search_term", max_len=255).strip()
         limit = optional_int(body, "limit", 10, min=1, max=100)
         assert limit is not None
         if not term:
             raise MatrixError(400, Codes.INVALID_PARAM, "search_term must not be empty")
-        rows = await s.users.search(term, limit + 1)
+        rows = await s.user_directory.search(requester.user_id, term, limit)
         results = []
-        for user_id, displayname, avatar in rows[:limit]:
-            entry: dict[str, object] = {"user_id": user_id}
-            if displayname is not None:
-                entry["display_name"] = json.loads(displayname)
-            if avatar is not None:
-                entry["avatar_url"] = json.loads(avatar)
+        for row in rows[:limit]:
+            entry: dict[str, object] = {"user_id": row.user_id}
+            if row.display_name is not None:
+                entry["display_name"] = row.display_name
+            if row.avatar_url is not None:
+                entry["avatar_url"] = row.avatar_url
             results.append(entry)
         return 200, {"limited": len(rows) > limit, "results": results}
 
