@@ -16,14 +16,18 @@ from homeserver.api.client import (
     account_data,
     capabilities,
     devices,
+    ephemeral,
     key_backup,
     keys,
     membership,
     profile,
+    push,
     room_events,
     session,
+    tags,
     to_device,
 )
+from homeserver.api.client import sync as sync_api
 from homeserver.api.federation import keys as federation_keys
 from homeserver.api.federation import queries as federation_queries
 from homeserver.config import Config
@@ -67,12 +71,16 @@ class HomeServer:
         self._register_routes(self.services)
         self._listen()
         await self.services.federation_sender.start()
+        await self.services.presence.start()
+        await self.services.push.start()
 
     def _register_routes(self, services: Services) -> None:
         versions.register(self.router, self.config)
         metrics.register(self.router)
         for module in (session, devices, profile, account_data, capabilities,
                        room_events, membership,
+                       sync_api, ephemeral, tags,
+                       push,
                        keys, to_device, key_backup,
                        admin_registration, federation_keys, federation_queries,
                        media, admin_media):
@@ -109,6 +117,11 @@ class HomeServer:
         logger.info("shutting down: no longer accepting connections")
         stopping = [p.stopListening() for p in self.ports]
         await defer.gatherResults([d for d in stopping if d is not None])
+        if self.services is not None:
+            # Long-polling /sync requests answer now instead of holding up the shutdown.
+            self.services.sync.shutdown()
+            self.services.presence.stop()
+            self.services.typing.close()
         waited = 0.0
         while any(site.in_flight for site in self.sites) and waited < SHUTDOWN_GRACE_SECONDS:
             await task.deferLater(self.reactor, 0.05, lambda: None)
@@ -118,6 +131,7 @@ class HomeServer:
             logger.warning("closing %d requests still in flight after %.0fs", remaining, waited)
         if self.services is not None:
             await self.services.federation_sender.stop()
+            await self.services.push.stop()
             await self.services.federation_client.close()
         if self.db is not None:
             await self.db.close()

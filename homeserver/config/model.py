@@ -163,6 +163,28 @@ class EncryptionConfig:
 
 
 @dataclass(frozen=True)
+class PresenceConfig:
+    # false: the presence endpoints still answer, but nothing is stored or sent.
+    enabled: bool = True
+    # An online user with no activity for this long becomes unavailable.
+    idle_timeout_ms: int = 5 * 60 * 1000
+    # A user with no /sync in flight for this long after their last one becomes offline.
+    offline_timeout_ms: int = 30 * 1000
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    # Send event content to push gateways (pushers with format event_id_only never get it).
+    include_content: bool = True
+    # Keep the body-based mention rules removed from the spec in v1.17.
+    legacy_mention_rules: bool = True
+    # The badge count: rooms with unread notifications instead of unread notifications.
+    group_unread_count_by_room: bool = False
+    # Notifications older than this are deleted.
+    notification_retention_days: int = 30
+
+
+@dataclass(frozen=True)
 class Config:
     server_name: str
     data_dir: str
@@ -188,6 +210,8 @@ class Config:
     # The key paths the reader knows, so tests can check the sample documents all of them.
     known_keys: frozenset[str] = frozenset()
     encryption: EncryptionConfig = EncryptionConfig()
+    presence: PresenceConfig = PresenceConfig()
+    push: PushConfig = PushConfig()
 
     def listener_for(self, resource: str) -> ListenerConfig | None:
         for listener in self.listeners:
@@ -332,6 +356,26 @@ def parse_config(data: Any, source_path: str | None = None) -> Config:
     )
     enc.done()
 
+    pres = root.section("presence")
+    presence = PresenceConfig(
+        enabled=pres.boolean("enabled", True),
+        idle_timeout_ms=pres.integer("idle_timeout_ms", 5 * 60 * 1000, min=100,
+                                     max=24 * 3600 * 1000),
+        offline_timeout_ms=pres.integer("offline_timeout_ms", 30 * 1000, min=100,
+                                        max=24 * 3600 * 1000),
+    )
+    pres.done()
+
+    ps = root.section("push")
+    push = PushConfig(
+        include_content=ps.boolean("include_content", True),
+        legacy_mention_rules=ps.boolean("legacy_mention_rules", True),
+        group_unread_count_by_room=ps.boolean("group_unread_count_by_room", False),
+        notification_retention_days=ps.integer("notification_retention_days", 30, min=1,
+                                               max=3650),
+    )
+    ps.done()
+
     log = root.section("logging")
     log_level = log.choice("level", LOG_LEVELS, "INFO")
     log.done()
@@ -373,6 +417,8 @@ def parse_config(data: Any, source_path: str | None = None) -> Config:
         source_path=source_path,
         known_keys=frozenset(root.known),
         encryption=encryption,
+        presence=presence,
+        push=push,
     )
 
 

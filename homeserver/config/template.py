@@ -249,6 +249,30 @@ encryption:
   # Refuse plaintext messages (m.room.message) from this server's users in encrypted rooms.
   require: false
 
+# Presence (online, unavailable, offline) shared with everyone in a room with the user.
+presence:
+  # When off, the presence endpoints still answer, but nothing is stored or sent to anyone.
+  enabled: true
+  # An online user with no activity (sending events, setting presence) for this long is
+  # shown as unavailable.
+  idle_timeout_ms: 300000
+  # A user with no /sync in flight for this long after their last one is shown as offline.
+  offline_timeout_ms: 30000
+
+# Push notifications: push rules, unread counts and pushers (push gateways).
+push:
+  # Send event content to push gateways (pushers asking for event_id_only never get it).
+  include_content: true
+  # Keep the mention rules that look at the message body (.m.rule.contains_display_name,
+  # .m.rule.contains_user_name, .m.rule.roomnotif), removed from the spec in v1.17, for
+  # clients that do not send m.mentions. They never apply to events that carry m.mentions.
+  legacy_mention_rules: true
+  # The badge count sent to push gateways: false counts unread notifications, true counts
+  # rooms with unread notifications.
+  group_unread_count_by_room: false
+  # Notifications (GET /notifications, unread counts) older than this many days are deleted.
+  notification_retention_days: 30
+
 logging:
   # DEBUG, INFO, WARNING or ERROR.
   level: "INFO"

@@ -34,6 +34,12 @@ from federation.builder import EventBuildError, build_event
 from federation.canonical_json import encode_canonical_json
 from federation.events import Event, JsonDict, StateKey
 from federation.identifiers import create_event_id_from_room_id, get_domain
+from federation.pdu_checks import (
+    AuthEventsRejected,
+    Verdict,
+    check_auth_events,
+    run_auth_checks,
+)
 from federation.power_levels import get_named_level, get_user_power_level
 from federation.redaction import redact
 from federation.room_versions import RoomVersion
@@ -46,13 +52,15 @@ from homeserver.storage.events import (
     EVENTS_STREAM,
     DuplicateTransaction,
     EventStore,
+    HeadPlan,
     NewRoom,
     PersistItem,
+    PersistRequest,
     PersistResult,
+    StatePlan,
     StoredEvent,
-    persist_txn,
 )
-from homeserver.storage.state import StateFilter, StateStore
+from homeserver.storage.state import CurrentStateChange, StateFilter, StateStore
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -85,6 +93,24 @@ class SendResult:
     event_id: str
     stream_ordering: int | None
     # True when nothing new was made: a retried transaction or a no-op change.
+    existing: bool = False
+
+
+class MissingEvents(Exception):
+    """A received event cites events this server does not have (fetch them first)."""
+
+    def __init__(self, event_ids: Sequence[str]) -> None:
+        super().__init__(", ".join(event_ids))
+        self.event_ids = list(event_ids)
+
+
+@dataclass(frozen=True)
+class ReceivedResult:
+    event_id: str
+    verdict: Verdict
+    reason: str | None
+    stream_ordering: int | None
+    # Already persisted before: nothing was done.
     existing: bool = False
 
 
@@ -315,6 +341,7 @@ class EventsService:
             queue.jobs.append(job)
 
     async def _drain(self, room_id: str, queue: _RoomQueue) -> None:
+        batch: list[_Send] = []
         try:
             while queue.jobs:
                 job = queue.jobs.popleft()
@@ -334,7 +361,8 @@ class EventsService:
                 await self._process(room_id, batch, queue)
         except BaseException:
             logger.exception("the event queue of %s failed", room_id)
-            for job in queue.jobs:
+            self._heads.pop(room_id)
+            for job in [*batch, *queue.jobs]:
                 _resolve(job.deferred, MatrixError(500, Codes.UNKNOWN, "Internal error"))
         finally:
             del self.queues[room_id]
@@ -484,6 +512,139 @@ class EventsService:
 
         return rid, await self.exclusive(rid, run)
 
+    # -- events from other servers ------------------------------------------------------------
+    async def receive(self, event: Event) -> ReceivedResult:
+        """Persist an event of a known room from another server, through the same queue.
+
+        The caller has run ``pdu_checks`` steps 1-3 (well-formed, signatures, content hash)
+        and fetched missing prev and auth events (``MissingEvents`` names them otherwise).
+        Steps 4-6 run here: the cited auth events, the auth rules against them, against the
+        state before the event (resolved where its prev_events' states differ) and against
+        the current state. A rejected event is stored as such and changes nothing; a
+        soft-failed one is stored with its state but does not become a forward extremity or
+        change the current state. Otherwise the room's state becomes the resolution of its
+        forward extremities' states.
+        """
+        return await self.exclusive(event.room_id, lambda: self._receive(event))
+
+    async def _receive(self, event: Event) -> ReceivedResult:
+        from homeserver.services.state import resolve_txn
+
+        room_id = event.room_id
+        head = await self._load_head(room_id)
+        rv = head.room_version
+        if event.room_version is not rv:
+            raise ValueError(f"event of room version {event.room_version.identifier} in a "
+                             f"room of version {rv.identifier}")
+        existing = await self.store.get_event(event.event_id)
+        if existing is not None:
+            verdict = Verdict.REJECTED if existing.rejected else Verdict.ACCEPTED
+            return ReceivedResult(existing.event_id, verdict, existing.rejected,
+                                  existing.stream_ordering, existing=True)
+        prev_ids = list(dict.fromkeys(event.prev_event_ids))
+        auth_ids = list(dict.fromkeys(event.auth_event_ids))
+        create_id = None
+        if rv.room_id_is_create_event_hash:
+            create_id = create_event_id_from_room_id(room_id)
+        wanted = [*prev_ids, *auth_ids, *([create_id] if create_id else [])]
+        found = await self.store.get_events(wanted)
+        missing = [e for e in wanted if e not in found]
+        if missing:
+            raise MissingEvents(missing)
+
+        # The state before the event: its prev events' states, resolved if they differ.
+        groups = sorted({found[p].state_group for p in prev_ids})
+        if len(groups) == 1:
+            before_plan = StatePlan(groups[0], await self._chain_len(groups[0]))
+            before = await self.state_store.state_at_group(groups[0])
+        else:
+            sets = [await self.state_store.state_at_group(g) for g in groups]
+            before, _ = await self.db.run("resolve_state", resolve_txn, rv, sets)
+            base = min(range(len(sets)), key=lambda i: _diff_size(sets[i], before))
+            before_plan = StatePlan(groups[base], await self._chain_len(groups[base]),
+                                    _diff(sets[base], before))
+
+        rejected_ids = {e for e, se in found.items() if se.rejected is not None}
+        keys = auth_types_for_event(rv, event.type, event.state_key, event.sender,
+                                    event.content) | {CREATE_KEY}
+        needed = [i for k in keys for i in (before.get(k), head.state.get(k)) if i is not None]
+        states = await self.store.get_events(needed)
+
+        def events_for(ids: Mapping[StateKey, str]) -> dict[StateKey, Event]:
+            return {k: states[ids[k]].event for k in keys if ids.get(k) in states}
+
+        verdict, reason = Verdict.ACCEPTED, None
+        try:
+            by_key = check_auth_events(
+                event, {e: found[e].event for e in auth_ids}, rejected=rejected_ids,
+                create_event=found[create_id].event if create_id else None,
+            )
+        except AuthEventsRejected as e:
+            verdict, reason = Verdict.REJECTED, e.reason
+        else:
+            outcome = run_auth_checks(event, by_key, events_for(before), events_for(head.state))
+            verdict, reason = outcome.verdict, outcome.reason
+
+        item = PersistItem(event, rejected=reason if verdict is Verdict.REJECTED else None,
+                           soft_failed=verdict is Verdict.SOFT_FAILED)
+        if event.is_state():
+            item.replaces = before.get(event.state_tuple)
+            item.auth = [(a, found[a].event.state_tuple) for a in auth_ids
+                         if found[a].event.is_state()]
+            if create_id is not None:
+                item.auth.append((create_id, CREATE_KEY))
+        after = dict(before)
+        if item.changes_state:
+            after[event.state_tuple] = event.event_id
+
+        extremities = list(head.extremities)
+        current = StatePlan(head.state_group, head.state_chain_len)
+        changes: list[CurrentStateChange] = []
+        new_state = head.state
+        if verdict is Verdict.ACCEPTED:
+            extremities = [e for e in extremities if e not in prev_ids] + [event.event_id]
+            if extremities == [event.event_id]:
+                new_state = after
+            else:
+                other_ids = [e for e in extremities if e != event.event_id]
+                others = await self.store.get_events(other_ids)
+                sets = [after] + [
+                    await self.state_store.state_at_group(others[e].state_group)
+                    for e in other_ids if e in others
+                ]
+                new_state, _ = await self.db.run(
+                    "resolve_state", resolve_txn, rv, sets, {event.event_id: event}
+                )
+            current = StatePlan(head.state_group, head.state_chain_len,
+                                _diff(head.state, new_state))
+            changes = await self._current_changes(head.state, new_state)
+        plan = HeadPlan(before=before_plan, current=current, current_changes=changes)
+        work = _Work(head, extremities, max(head.max_depth, event.depth))
+        work.changes = {k: v for k, v in new_state.items() if head.state.get(k) != v}
+        result, stored = await self._persist(work, [item], None, plan)
+        for k in [k for k in head.state if k not in new_state]:
+            del head.state[k]
+        self._after_commit(room_id, stored, result)
+        return ReceivedResult(event.event_id, verdict, reason, stored[0].stream_ordering)
+
+    async def _chain_len(self, group: int) -> int:
+        from homeserver.storage.state import group_chain_len_txn
+
+        return await self.db.run("group_chain_len", group_chain_len_txn, group)
+
+    async def _current_changes(
+        self, old: Mapping[StateKey, str], new: Mapping[StateKey, str]
+    ) -> list[CurrentStateChange]:
+        changed = {k: v for k, v in new.items() if old.get(k) != v}
+        found = await self.store.get_events(changed.values())
+        out = [
+            CurrentStateChange(t, sk, eid, found[eid].event.membership
+                               if t == MEMBER and eid in found else None)
+            for (t, sk), eid in changed.items()
+        ]
+        out += [CurrentStateChange(t, sk, None, None) for (t, sk) in old if (t, sk) not in new]
+        return out
+
     # -- build and authorise -------------------------------------------------------------------
     async def _events(self, work: _Work, ids: Iterable[str]) -> dict[str, Event]:
         out: dict[str, Event] = {}
@@ -559,7 +720,8 @@ class EventsService:
 
     # -- persist and publish ----------------------------------------------------------------
     async def _persist(
-        self, work: _Work, items: list[PersistItem], new_room: NewRoom | None
+        self, work: _Work, items: list[PersistItem], new_room: NewRoom | None,
+        plan: HeadPlan | None = None,
     ) -> tuple[PersistResult, list[StoredEvent]]:
         head = work.head
         referenced: set[str] = set()
@@ -576,9 +738,7 @@ class EventsService:
             if cached is not None:
                 known[eid] = cached.event_nid
         try:
-            result = await self.db.run(
-                "persist_events",
-                persist_txn,
+            result = await self.store.persist(PersistRequest(
                 head.room_id,
                 head.state_group if new_room is None else None,
                 head.state_chain_len,
@@ -589,7 +749,8 @@ class EventsService:
                 known,
                 self.state_store.key_nids,
                 self.clock.time_ms(),
-            )
+                plan,
+            ))
         except DuplicateTransaction:
             raise
         except BaseException:
@@ -617,6 +778,7 @@ class EventsService:
                 redacted_by=None,
                 txn_device=it.txn[0] if it.txn else None,
                 txn_id=it.txn[1] if it.txn else None,
+                soft_failed=it.soft_failed,
             )
             for it, p in zip(items, result.events, strict=True)
         ]
@@ -642,6 +804,16 @@ class EventsService:
                 hook(room_id, stored)
             except Exception:
                 logger.exception("on_persisted hook failed for %s", room_id)
+
+
+def _diff(old: Mapping[StateKey, str], new: Mapping[StateKey, str]) -> dict[StateKey, str | None]:
+    delta: dict[StateKey, str | None] = {k: v for k, v in new.items() if old.get(k) != v}
+    delta.update({k: None for k in old if k not in new})
+    return delta
+
+
+def _diff_size(old: Mapping[StateKey, str], new: Mapping[StateKey, str]) -> int:
+    return len(_diff(old, new))
 
 
 def _may_apply_redaction(

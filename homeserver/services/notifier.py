@@ -39,6 +39,11 @@ class Notifier(ABC):
     def position(self, stream: str) -> int:
         """The newest position notified on ``stream`` in this process."""
 
+    @abstractmethod
+    @abstractmethod
+    def wake_all(self) -> None:
+        """Release every waiting request now (at shutdown: they answer with what they have)."""
+
 
 @dataclass(eq=False)
 class _Waiter:
@@ -134,6 +139,10 @@ class InProcessNotifier(Notifier):
                 waiters.discard(waiter)
                 if not waiters:
                     del self._by_room[room]
+
+    def wake_all(self) -> None:
+        for waiter in {w for ws in self._by_user.values() for w in ws}:
+            self._wake(waiter)
 
     def waiting(self) -> int:
         """How many requests are waiting (for tests and metrics)."""

@@ -3,7 +3,7 @@ HTTP layer. Endpoints take what they need from here; they hold no state of their
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from federation.keys import SigningKey
@@ -19,21 +19,32 @@ from homeserver.services.federation_sender import FederationSender
 from homeserver.services.keyring import Keyring
 from homeserver.services.media import MediaService
 from homeserver.services.notifier import InProcessNotifier, Notifier
+from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
+from homeserver.services.push import PushService, PushSettings
 from homeserver.services.ratelimit import Ratelimiter
+from homeserver.services.receipts import ReceiptService
 from homeserver.services.rooms import RoomService
 from homeserver.services.state import StateService
+from homeserver.services.sync import SyncService, device_list_position
+from homeserver.services.typing import TypingService
 from homeserver.services.uia import UiaService
 from homeserver.storage import Database
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.devices import DeviceStore
+from homeserver.storage.engine import StreamNote
 from homeserver.storage.events import EventStore
+from homeserver.storage.federation_queue import FederationQueueStore
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.media import MediaStore
+from homeserver.storage.presence import PresenceStore
 from homeserver.storage.profiles import ProfileStore
-from homeserver.storage.federation_queue import FederationQueueStore
+from homeserver.storage.push import PushStore
+from homeserver.storage.receipts import ReceiptStore
 from homeserver.storage.server_keys import ServerKeyStore
+from homeserver.storage.user_directory import UserDirectoryStore
 from homeserver.storage.state import StateStore
+from homeserver.storage.sync import SyncStore
 from homeserver.storage.uia import RegistrationTokenStore, UiaStore
 from homeserver.storage.users import UserStore
 
@@ -65,6 +76,7 @@ class Services:
     federation_client: FederationClient
     keyring: Keyring
     federation_sender: FederationSender
+    user_directory: UserDirectoryStore
     media: MediaService
     # Rooms and the event pipeline.
     events: EventStore
@@ -73,6 +85,13 @@ class Services:
     pipeline: EventsService
     state: StateService
     rooms: RoomService
+    # Push rules, notification counts, pushers.
+    push: PushService
+    # Sync and ephemeral events (set up by ``_build_sync`` once the rest exists).
+    typing: TypingService = field(init=False)
+    receipts: ReceiptService = field(init=False)
+    presence: PresenceService = field(init=False)
+    sync: SyncService = field(init=False)
 
 
 def build_services(
@@ -133,6 +152,7 @@ def build_services(
         ),
         federation_client=federation_client,
         keyring=Keyring(config, ServerKeyStore(db), federation_client, signing_key, the_clock),
+        user_directory=UserDirectoryStore(db),
         federation_sender=FederationSender(
             config.server_name, FederationQueueStore(db), federation_client, the_clock, reactor
         ),
@@ -145,9 +165,57 @@ def build_services(
         rooms=RoomService(
             config=config, clock=the_clock, pipeline=pipeline, state=state, profiles=profiles
         ),
+        push=PushService(
+            store=PushStore(db), pipeline=pipeline, account_data=AccountDataStore(db),
+            clock=the_clock, reactor=reactor, server_name=config.server_name,
+            settings=PushSettings(
+                include_content=config.push.include_content,
+                legacy_mention_rules=config.push.legacy_mention_rules,
+                badge_counts_rooms=config.push.group_unread_count_by_room,
+                notification_retention_ms=config.push.notification_retention_days * 86_400_000,
+                verify_tls=not config.outbound.accept_self_signed,
+                allow_private_addresses=config.outbound.allow_private_addresses,
+            ),
+        ),
     )
     services.accounts.on_deactivate.append(services.e2ee.on_deactivate)
     services.accounts.on_deactivate.append(services.rooms.on_deactivate)
+    services.accounts.on_deactivate.append(services.push.on_deactivate)
     services.profiles.on_change.append(services.rooms.on_profile_change)
     services.e2ee.keys.set_shared_users_source(services.rooms.users_sharing_rooms)
+    _build_sync(services, reactor)
+    services.receipts.on_receipt.append(services.push.on_receipt)
     return services
+
+
+def _build_sync(services: Services, reactor: Any) -> None:
+    """Typing, receipts, presence and /sync; wake waiting syncs when streams move."""
+    s = services
+    s.typing = TypingService(
+        pipeline=s.pipeline, notifier=s.notifier, clock=s.clock, reactor=reactor
+    )
+    s.receipts = ReceiptService(
+        store=ReceiptStore(s.db), account_data=s.account_data, pipeline=s.pipeline,
+        clock=s.clock,
+    )
+    s.presence = PresenceService(
+        config=s.config.presence, server_name=s.config.server_name,
+        store=PresenceStore(s.db), state_store=s.state_store, pipeline=s.pipeline,
+        clock=s.clock, reactor=reactor,
+    )
+    s.sync = SyncService(
+        clock=s.clock, rooms=s.rooms, pipeline=s.pipeline, state=s.state,
+        state_store=s.state_store, events=s.events, store=SyncStore(s.db),
+        notifier=s.notifier, typing=s.typing, receipts=s.receipts, presence=s.presence,
+        account_data=s.account_data, e2ee=s.e2ee,
+        # The push service supplies unread counts once it exists.
+        push_source=lambda: getattr(s, "push", None),
+    )
+    notifier = s.notifier
+
+    def wake(notes: list[StreamNote]) -> None:
+        for note in notes:
+            notifier.notify(note.stream, note.position, rooms=note.rooms, users=note.users)
+
+    s.db.on_commit.append(wake)
+    s.e2ee.keys.device_list_position_from_token = device_list_position

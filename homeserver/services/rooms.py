@@ -609,7 +609,8 @@ class RoomService:
         joined_now: bool | None = None,
     ) -> list[StoredEvent]:
         """The events the user may see under the history visibility rules."""
-        events = [e for e in events if e.rejected is None]
+        # Rejected and soft-failed events are never shown (as in Synapse).
+        events = [e for e in events if e.rejected is None and not e.soft_failed]
         if not events:
             return []
         if joined_now is None:
@@ -806,14 +807,7 @@ class RoomService:
             end = Position.parse(to_token) if to_token else None
         except ValueError as e:
             raise _bad(str(e)) from None
-        if start is None:
-            if backwards:
-                start = Position(None, await current_position(self.store.db, "events"))
-                start_token = start.token()
-            else:
-                start_token = "t0-0"
-        else:
-            start_token = start.token()
+        start_token = start.token() if start is not None else None
         chunk: list[StoredEvent] = []
         position = start
         exhausted = limit == 0
@@ -821,6 +815,14 @@ class RoomService:
         while not exhausted and not chunk and rounds < 5:
             rounds += 1
             rows = await self.store.paginate(room_id, position, end, backwards, limit)
+            if start_token is None and rows:
+                # No `from`: the page starts at the newest (or oldest) event.
+                first = rows[0]
+                start_token = (
+                    Position(None, first.stream_ordering).token()
+                    if backwards
+                    else Position(first.depth, first.stream_ordering - 1).token()
+                )
             if len(rows) < limit:
                 exhausted = True
             if rows:
@@ -833,6 +835,12 @@ class RoomService:
         state: list[JsonDict] = []
         if lazy_load_members and chunk:
             state = await self._member_state(chunk[-1], {e.event.sender for e in chunk}, user_id)
+        if start_token is None:
+            start_token = (
+                Position(None, await current_position(self.store.db, "events")).token()
+                if backwards
+                else "t0-0"
+            )
         return Page(
             chunk=await self.serialize(chunk, user_id, device_id),
             start=start_token,

@@ -23,9 +23,10 @@ from homeserver.storage.state import StateFilter, StateStore
 class _TxnEvents(Container[str]):
     """Events loaded on demand inside one transaction; also the container of rejected IDs."""
 
-    def __init__(self, txn: Txn) -> None:
+    def __init__(self, txn: Txn, extra: Mapping[str, Event] | None = None) -> None:
         self._txn = txn
         self._events: dict[str, StoredEvent | None] = {}
+        self._extra = extra or {}
 
     def _load(self, event_id: str) -> StoredEvent | None:
         if event_id not in self._events:
@@ -41,11 +42,13 @@ class _TxnEvents(Container[str]):
                 self._events[e] = found.get(e)
 
     def get(self, event_id: str) -> Event | None:
+        if event_id in self._extra:
+            return self._extra[event_id]
         stored = self._load(event_id)
         return stored.event if stored is not None else None
 
     def __contains__(self, event_id: object) -> bool:
-        if not isinstance(event_id, str):
+        if not isinstance(event_id, str) or event_id in self._extra:
             return False
         stored = self._load(event_id)
         return stored is not None and stored.rejected is not None
@@ -55,10 +58,15 @@ class _TxnEvents(Container[str]):
 
 
 def resolve_txn(
-    txn: Txn, room_version: RoomVersion, state_sets: Sequence[Mapping[StateKey, str]]
+    txn: Txn,
+    room_version: RoomVersion,
+    state_sets: Sequence[Mapping[StateKey, str]],
+    extra: Mapping[str, Event] | None = None,
 ) -> tuple[dict[StateKey, str], StorageAuthChains]:
-    events = _TxnEvents(txn)
-    events.preload(sorted({e for s in state_sets for e in s.values()}))
+    """Resolve in a database thread. ``extra``: accepted events not persisted yet (the one
+    being received), looked up before the database."""
+    events = _TxnEvents(txn, extra)
+    events.preload(sorted({e for s in state_sets for e in s.values()} - set(extra or ())))
     chains = StorageAuthChains(txn, events.get)
     resolved = resolve_state(
         room_version, state_sets, events.get, auth_chains=chains, rejected=events

@@ -27,6 +27,7 @@ class AccountDataStore:
                 " VALUES (?, ?, ?, ?, ?)",
                 (user_id, room_id, data_type, encoded, position),
             )
+            txn.note("account_data", position, users=[user_id])
             return position
 
         return await self.db.run("put_account_data", txn_fn)

@@ -15,6 +15,7 @@ from typing import Any
 from federation.canonical_json import encode_canonical_json
 from homeserver.storage import streams
 from homeserver.storage.engine import Database, Txn
+from homeserver.storage.state import joined_rooms_txn
 
 JsonDict = dict[str, Any]
 
@@ -78,6 +79,12 @@ def note_device_list_change(
         "INSERT INTO device_list_changes (stream_id, user_id, only_for) VALUES (?, ?, ?)",
         [(position, u, only_for) for u in sorted(set(user_ids))],
     )
+    # Sync wakes whoever shares a room with these users (or only ``only_for``).
+    if only_for is not None:
+        txn.note(DEVICE_LISTS, position, users=[only_for])
+    else:
+        users = sorted(set(user_ids))
+        txn.note(DEVICE_LISTS, position, users=users, rooms=joined_rooms_txn(txn, users))
     return position
 
 

@@ -11,6 +11,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from prometheus_client import Histogram
@@ -35,12 +36,31 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached; requests fail fast with a 5xx instead of hanging."""
 
 
+@dataclass(frozen=True)
+class StreamNote:
+    """A new position on a stream and whom it concerns, handed to ``Database.on_commit``
+    listeners once the transaction that wrote it has committed (they wake /sync requests)."""
+
+    stream: str
+    position: int
+    users: tuple[str, ...] = ()
+    rooms: tuple[str, ...] = ()
+
+
 class Txn:
     """A DB-API cursor with the engine's placeholder style hidden."""
 
     def __init__(self, cursor: Any, engine: str) -> None:
         self._cursor = cursor
         self.engine = engine
+        self.notes: list[StreamNote] = []
+
+    def note(
+        self, stream: str, position: int, *, users: Iterable[str] = (), rooms: Iterable[str] = ()
+    ) -> None:
+        """Tell ``on_commit`` listeners about this position once the transaction commits
+        (nothing is told if it rolls back)."""
+        self.notes.append(StreamNote(stream, position, tuple(users), tuple(rooms)))
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.engine == "postgres" else sql
@@ -73,6 +93,8 @@ class Database(ABC):
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=1, maxthreads=threads_, name=f"db-{self.engine}")
         self._closed = False
+        # Called on the reactor thread with the ``StreamNote``s of each committed transaction.
+        self.on_commit: list[Callable[[list[StreamNote]], None]] = []
 
     def start(self) -> None:
         self._pool.start()
@@ -81,15 +103,30 @@ class Database(ABC):
         """Run ``fn(txn, *args)`` in one transaction on a worker thread."""
         if self._closed:
             raise DatabaseUnavailable("the database is closed")
+        notes: list[StreamNote] = []
+
+        def noting(txn: Txn, *a: Any) -> R:
+            result = fn(txn, *a)
+            # The attempt that commits is the last to get here (retries start afresh).
+            notes[:] = txn.notes
+            return result
+
         d: defer.Deferred[R] = threads.deferToThreadPool(
             self._reactor,
             self._pool,
             self._run_in_thread,
             desc,
-            fn,
+            noting,
             *args,
         )
-        return await d
+        result = await d
+        if notes:
+            for listener in self.on_commit:
+                try:
+                    listener(notes)
+                except Exception:
+                    logger.exception("on_commit listener failed")
+        return result
 
     def _run_in_thread(self, desc: str, fn: Callable[..., R], *args: Any) -> R:
         start = time.monotonic()

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import defer
+
 from federation.events import Event, JsonDict, StateKey
 from federation.room_versions import RoomVersion, get_room_version
 from homeserver.storage.auth_chains import ChainEvent, index_events_txn
@@ -57,6 +59,7 @@ class StoredEvent:
     redacted_by: str | None
     txn_device: str | None
     txn_id: str | None
+    soft_failed: bool = False
 
     @property
     def event_id(self) -> str:
@@ -90,6 +93,7 @@ class PersistItem:
 
     event: Event
     rejected: str | None = None
+    soft_failed: bool = False
     # The state event this one replaces in the room state (None: a new key, or not state).
     replaces: str | None = None
     # (device_id, txn_id) of the client request that sent it.
@@ -123,6 +127,27 @@ class AliasInUse(Exception):
 
 
 @dataclass(frozen=True)
+class StatePlan:
+    """A state to store: ``base`` (a group, None for empty) with ``delta`` applied
+    ((type, state_key) -> event ID; None removes). No delta reuses ``base``."""
+
+    base: int | None
+    base_chain_len: int
+    delta: Mapping[StateKey, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HeadPlan:
+    """For events whose state is not a straight line (from other servers): the state before
+    the first event, and the room's state after the batch (default: after the last event)
+    with the matching ``current_state`` changes."""
+
+    before: StatePlan | None = None
+    current: StatePlan | None = None
+    current_changes: Sequence[CurrentStateChange] | None = None
+
+
+@dataclass(frozen=True)
 class PersistedEvent:
     event_nid: int
     stream_ordering: int
@@ -139,7 +164,8 @@ class PersistResult:
 
 _EVENT_COLUMNS = (
     "n.event_id, e.event_nid, e.room_id, e.stream_ordering, e.json, e.rejected,"
-    " e.state_group, rn.event_id, dn.event_id, e.txn_device, e.txn_id, r.room_version"
+    " e.state_group, rn.event_id, dn.event_id, e.txn_device, e.txn_id, r.room_version,"
+    " e.soft_failed"
 )
 _EVENT_FROM = (
     " FROM events e JOIN event_nids n ON n.event_nid = e.event_nid"
@@ -151,7 +177,7 @@ _EVENT_FROM = (
 
 def _row_to_event(row: Sequence[Any]) -> StoredEvent:
     (event_id, nid, room_id, stream, raw, rejected, group, replaces, redacted_by, device,
-     txn_id, version) = row
+     txn_id, version, soft_failed) = row
     rv = get_room_version(version)
     return StoredEvent(
         event=Event(json.loads(raw), rv, event_id),
@@ -164,6 +190,7 @@ def _row_to_event(row: Sequence[Any]) -> StoredEvent:
         redacted_by=redacted_by,
         txn_device=device,
         txn_id=txn_id,
+        soft_failed=bool(soft_failed),
     )
 
 
@@ -245,6 +272,32 @@ def _intern_event_ids_txn(
     return nids, preexisting & new
 
 
+@dataclass
+class PersistRequest:
+    """One room's batch for ``persist_txn`` / ``persist_many_txn``."""
+
+    room_id: str
+    start_group: int | None
+    start_chain_len: int
+    items: Sequence[PersistItem]
+    extremities: Sequence[str]
+    max_depth: int
+    new_room: NewRoom | None
+    known_nids: Mapping[str, int]
+    key_nids: KeyNids
+    now: int
+    plan: HeadPlan | None = None
+
+
+@dataclass
+class _Staged:
+    request: PersistRequest
+    nids: dict[str, int]
+    groups: list[int]
+    encoded: list[str]
+    result: PersistResult
+
+
 def persist_txn(
     txn: Txn,
     room_id: str,
@@ -257,11 +310,73 @@ def persist_txn(
     known_nids: Mapping[str, int],
     key_nids: KeyNids,
     now: int,
+    plan: HeadPlan | None = None,
 ) -> PersistResult:
     """Persist one room's events, in order; each event's state before it is the state after
-    the previous one (the first: ``start_group``). Returns positions and the new head."""
+    the previous one (the first: ``start_group``, or ``plan.before``). Returns positions and
+    the new head."""
+    request = PersistRequest(room_id, start_group, start_chain_len, items, extremities,
+                             max_depth, new_room, known_nids, key_nids, now, plan)
+    return persist_many_txn(txn, [request])[0]
+
+
+def persist_many_txn(txn: Txn, requests: Sequence[PersistRequest]) -> list[PersistResult]:
+    """Persist the batches of several rooms in one transaction (group commit): everything
+    room by room, then one 'events' stream advance for all of them, then the event rows."""
+    staged = [_stage_txn(txn, r) for r in requests]
+    total = sum(len(st.request.items) for st in staged)
+    # From here on the 'events' stream row is locked until commit: keep it short.
+    row = txn.execute(
+        "UPDATE stream_positions SET position = position + ? WHERE stream = ?"
+        " RETURNING position",
+        (total, EVENTS_STREAM),
+    ).fetchone()
+    assert row is not None
+    position = int(row[0]) - total + 1
+    plain_rows: list[tuple[Any, ...]] = []
+    for st in staged:
+        req = st.request
+        for i, it in enumerate(req.items):
+            ev = it.event
+            nid = st.nids[ev.event_id]
+            st.result.events.append(PersistedEvent(nid, position, st.groups[i]))
+            values = (
+                nid, req.room_id, ev.type, ev.state_key, ev.sender,
+                ev.membership if ev.type == "m.room.member" and ev.is_state() else None,
+                ev.depth, position, ev.origin_server_ts, req.now, st.encoded[i],
+                it.rejected, st.groups[i], st.nids[it.replaces] if it.replaces else None,
+                it.txn[0] if it.txn else None, it.txn[1] if it.txn else None, it.soft_failed,
+            )
+            position += 1
+            if it.txn is None:
+                plain_rows.append(values)
+                continue
+            txn.execute(_INSERT_EVENT + _ON_TXN_CONFLICT, values)
+            if txn.rowcount == 0:
+                existing = txn.execute(
+                    "SELECT n.event_id FROM events e JOIN event_nids n"
+                    " ON n.event_nid = e.event_nid"
+                    " WHERE e.sender = ? AND e.txn_device = ? AND e.txn_id = ?",
+                    (ev.sender, it.txn[0], it.txn[1]),
+                ).fetchone()
+                assert existing is not None
+                raise DuplicateTransaction(existing[0])
+    if plain_rows:
+        txn.executemany(_INSERT_EVENT, plain_rows)
+    return [st.result for st in staged]
+
+
+def _stage_txn(txn: Txn, req: PersistRequest) -> _Staged:
+    """Everything of one room's batch but its event rows and stream positions."""
+    room_id, items, plan, key_nids, now = req.room_id, req.items, req.plan, req.key_nids, req.now
+    start_group, start_chain_len = req.start_group, req.start_chain_len
+    extremities, max_depth, new_room = req.extremities, req.max_depth, req.new_room
+    known_nids = req.known_nids
     new_ids = [it.event.event_id for it in items]
     referenced: set[str] = set()
+    for state_plan in (plan.before, plan.current) if plan is not None else ():
+        if state_plan is not None:
+            referenced.update(e for e in state_plan.delta.values() if e is not None)
     for it in items:
         referenced.update(it.event.prev_event_ids)
         referenced.update(a for a, _ in it.auth)
@@ -290,6 +405,8 @@ def persist_txn(
     # State after each event: a new group for each accepted state event.
     keys = key_nids.intern_txn(txn, [it.event.state_tuple for it in items if it.changes_state])
     group, chain_len = start_group, start_chain_len
+    if plan is not None and plan.before is not None:
+        group, chain_len = _store_plan_txn(txn, room_id, plan.before, nids, key_nids)
     groups: list[int] = []
     changes: dict[StateKey, CurrentStateChange] = {}
     for it in items:
@@ -317,43 +434,7 @@ def persist_txn(
         ],
     )
 
-    # From here on the 'events' stream row is locked until commit: keep it short.
-    row = txn.execute(
-        "UPDATE stream_positions SET position = position + ? WHERE stream = ?"
-        " RETURNING position",
-        (len(items), EVENTS_STREAM),
-    ).fetchone()
-    assert row is not None
-    first_stream = int(row[0]) - len(items) + 1
-    results: list[PersistedEvent] = []
-    plain_rows: list[tuple[Any, ...]] = []
-    for i, it in enumerate(items):
-        ev = it.event
-        nid = nids[ev.event_id]
-        stream = first_stream + i
-        results.append(PersistedEvent(nid, stream, groups[i]))
-        values = (
-            nid, room_id, ev.type, ev.state_key, ev.sender,
-            ev.membership if ev.type == "m.room.member" and ev.is_state() else None,
-            ev.depth, stream, ev.origin_server_ts, now, encode_json(ev.pdu_json()),
-            it.rejected, groups[i], nids[it.replaces] if it.replaces else None,
-            it.txn[0] if it.txn else None, it.txn[1] if it.txn else None,
-        )
-        if it.txn is None:
-            plain_rows.append(values)
-            continue
-        txn.execute(_INSERT_EVENT + _ON_TXN_CONFLICT, values)
-        if txn.rowcount == 0:
-            existing = txn.execute(
-                "SELECT n.event_id FROM events e JOIN event_nids n ON n.event_nid = e.event_nid"
-                " WHERE e.sender = ? AND e.txn_device = ? AND e.txn_id = ?",
-                (ev.sender, it.txn[0], it.txn[1]),
-            ).fetchone()
-            assert existing is not None
-            raise DuplicateTransaction(existing[0])
-    if plain_rows:
-        txn.executemany(_INSERT_EVENT, plain_rows)
-
+    # The room's side (head, current state, redactions): no contention between rooms.
     for it in items:
         if it.redacts is None or it.rejected is not None:
             continue
@@ -366,6 +447,8 @@ def persist_txn(
         if it.redacted_json is not None:
             apply_redaction_txn(txn, target_nid, redaction_nid, it.redacted_json, now)
 
+    if plan is not None and plan.current is not None:
+        group, chain_len = _store_plan_txn(txn, room_id, plan.current, nids, key_nids)
     if new_room is not None:
         txn.execute(
             "INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts,"
@@ -389,14 +472,30 @@ def persist_txn(
             (encode_json(list(extremities)), group, chain_len, max_depth, room_id),
         )
     change_list = list(changes.values())
+    if plan is not None and plan.current_changes is not None:
+        change_list = list(plan.current_changes)
     update_current_state_txn(txn, room_id, change_list)
-    return PersistResult(results, group, chain_len, change_list)
+
+    encoded = [encode_json(it.event.pdu_json()) for it in items]
+    return _Staged(req, nids, groups, encoded, PersistResult([], group, chain_len, change_list))
+
+
+def _store_plan_txn(
+    txn: Txn, room_id: str, plan: StatePlan, nids: Mapping[str, int], key_nids: KeyNids
+) -> tuple[int, int]:
+    if not plan.delta:
+        if plan.base is None:
+            raise ValueError("an empty state")
+        return plan.base, plan.base_chain_len
+    keys = key_nids.intern_txn(txn, plan.delta)
+    delta = {keys[k]: (nids[e] if e is not None else None) for k, e in plan.delta.items()}
+    return create_group_txn(txn, room_id, plan.base, plan.base_chain_len, delta)
 
 
 _INSERT_EVENT = (
     "INSERT INTO events (event_nid, room_id, type, state_key, sender, membership, depth,"
     " stream_ordering, origin_server_ts, received_ts, json, rejected, state_group, replaces,"
-    " txn_device, txn_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " txn_device, txn_id, soft_failed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _ON_TXN_CONFLICT = (
     " ON CONFLICT (sender, txn_device, txn_id) WHERE txn_id IS NOT NULL DO NOTHING"
@@ -444,7 +543,9 @@ class Position:
     def parse(token: str) -> Position:
         try:
             if token.startswith("s"):
-                return Position(None, int(token[1:]))
+                # A /sync next_batch ('s<events>_<other streams>...') counts as its events
+                # position.
+                return Position(None, int(token[1:].split("_", 1)[0]))
             if token.startswith("t"):
                 depth, stream = token[1:].split("-", 1)
                 return Position(int(depth), int(stream))
@@ -459,7 +560,7 @@ def paginate_txn(
 ) -> list[StoredEvent]:
     """Up to ``limit`` accepted events after ``start`` in the direction of travel (not past
     ``end``), in that order."""
-    clauses = ["e.room_id = ?", "e.rejected IS NULL"]
+    clauses = ["e.room_id = ?", "e.rejected IS NULL", "NOT e.soft_failed"]
     params: list[Any] = [room_id]
     for pos, is_start in ((start, True), (end, False)):
         if pos is None:
@@ -483,6 +584,10 @@ def paginate_txn(
             )
             params.extend((pos.depth, pos.stream))
     order = "DESC" if backwards else "ASC"
+    if txn.engine == "postgres":
+        # Walk the topological index even before statistics exist (a fresh table looks
+        # tiny to the planner, which would then sort the whole room).
+        txn.execute("SET LOCAL enable_sort = off")
     rows = txn.execute(
         f"SELECT {_EVENT_COLUMNS}{_EVENT_FROM} WHERE {' AND '.join(clauses)}"
         f" ORDER BY e.depth {order}, e.stream_ordering {order} LIMIT ?",
@@ -506,6 +611,58 @@ class EventStore:
         self.db = db
         self._events: LruCache[str, StoredEvent] = LruCache(50_000)
         self._versions: dict[str, RoomVersion] = {}
+        # Group commit: batches of different rooms that arrive while a transaction is in
+        # flight go together into the next one (one stream advance, one commit).
+        self._waiting: list[tuple[PersistRequest, defer.Deferred[PersistResult]]] = []
+        self._in_flight = 0
+        self.max_in_flight = 1 if db.engine == "sqlite" else 2
+        self.transactions = 0
+
+    # -- persisting ---------------------------------------------------------------------------
+    async def persist(self, request: PersistRequest) -> PersistResult:
+        """Persist one room's batch, maybe in one transaction with other rooms' batches.
+        Never call it twice at once for one room (the room's queue ensures that)."""
+        d: defer.Deferred[PersistResult] = defer.Deferred()
+        self._waiting.append((request, d))
+        self._start()
+        return await d
+
+    def _start(self) -> None:
+        while self._waiting and self._in_flight < self.max_in_flight:
+            batch, self._waiting = self._waiting, []
+            self._in_flight += 1
+            defer.ensureDeferred(self._commit(batch))
+
+    async def _commit(
+        self, batch: list[tuple[PersistRequest, defer.Deferred[PersistResult]]]
+    ) -> None:
+        try:
+            try:
+                self.transactions += 1
+                results = await self.db.run(
+                    "persist_events", persist_many_txn, [r for r, _ in batch]
+                )
+            except Exception as e:
+                if len(batch) == 1:
+                    batch[0][1].errback(e)
+                    return
+                # One batch spoilt the transaction for all: give each its own.
+                for request, d in batch:
+                    try:
+                        self.transactions += 1
+                        (result,) = await self.db.run(
+                            "persist_events", persist_many_txn, [request]
+                        )
+                    except Exception as e1:
+                        d.errback(e1)
+                    else:
+                        d.callback(result)
+                return
+            for (_, d), result in zip(batch, results, strict=True):
+                d.callback(result)
+        finally:
+            self._in_flight -= 1
+            self._start()
 
     # -- events ---------------------------------------------------------------------------
     def cache(self, events: Iterable[StoredEvent]) -> None:
@@ -557,7 +714,7 @@ class EventStore:
             rows = txn.execute(
                 f"SELECT {_EVENT_COLUMNS}{_EVENT_FROM} WHERE e.room_id = ?"
                 " AND e.stream_ordering > ? AND e.stream_ordering <= ? AND e.rejected IS NULL"
-                " ORDER BY e.stream_ordering DESC LIMIT ?",
+                " AND NOT e.soft_failed ORDER BY e.stream_ordering DESC LIMIT ?",
                 (room_id, after, upto, limit + 1),
             ).fetchall()
             return [_row_to_event(r) for r in rows]

@@ -110,7 +110,13 @@ class ReceiptStore:
             )
             # A concurrent writer may have moved it further meanwhile (the position then
             # goes unused, which readers do not mind).
-            return position if txn.rowcount > 0 else None
+            if txn.rowcount == 0:
+                return None
+            if receipt_type == READ_PRIVATE:
+                txn.note(RECEIPTS_STREAM, position, users=[user_id])
+            else:
+                txn.note(RECEIPTS_STREAM, position, rooms=[room_id])
+            return position
 
         return await self.db.run("insert_receipt", txn_fn)
 

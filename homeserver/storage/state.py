@@ -276,6 +276,20 @@ def current_state_txn(txn: Txn, room_id: str, state_filter: StateFilter) -> dict
     return {(r[0], r[1]): r[2] for r in rows}
 
 
+def joined_rooms_txn(txn: Txn, user_ids: Sequence[str]) -> list[str]:
+    """The rooms any of these users is joined to (for waking /sync requests)."""
+    out: set[str] = set()
+    for i in range(0, len(user_ids), _CHUNK):
+        chunk = list(user_ids[i : i + _CHUNK])
+        rows = txn.execute(
+            "SELECT DISTINCT room_id FROM current_state WHERE type = ? AND membership = ?"
+            f" AND state_key IN ({','.join('?' * len(chunk))})",
+            (MEMBER, "join", *chunk),
+        ).fetchall()
+        out.update(r[0] for r in rows)
+    return sorted(out)
+
+
 @dataclass(frozen=True)
 class Membership:
     room_id: str

@@ -97,6 +97,7 @@ class ToDeviceStore:
                     for destination, edu in sorted(remote.items())
                 ],
             )
+            txn.note(TO_DEVICE, position, users={user_id for user_id, _ in targets})
             return position
 
         return await self.db.run("send_to_device", txn_fn)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from itertools import pairwise
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -15,6 +17,7 @@ from homeserver.http.errors import MatrixError
 from homeserver.services.events import EventSpec
 from homeserver.services.registry import Services
 from homeserver.storage import Txn
+from homeserver.storage import events as events_storage
 from tests.support.rooms import count, services, user
 
 ALICE = user("alice")
@@ -284,14 +287,25 @@ async def test_send_is_a_few_statements_in_one_transaction(
         await s.rooms.send_event(room_id, ALICE, "m.room.message", {"body": "warm"})
         executed: list[str] = []
         transactions: list[str] = []
+        in_persist = threading.local()
         original_execute, original_many, original_run = Txn.execute, Txn.executemany, s.db.run
+        original_persist = events_storage.persist_many_txn
+
+        def spy_persist(txn: Txn, requests: Any) -> Any:
+            in_persist.on = True
+            try:
+                return original_persist(txn, requests)
+            finally:
+                in_persist.on = False
 
         def spy_execute(self: Txn, sql: str, params: object = ()) -> Txn:
-            executed.append(sql)
+            if getattr(in_persist, "on", False):
+                executed.append(sql)
             return original_execute(self, sql, params)  # type: ignore[arg-type]
 
         def spy_many(self: Txn, sql: str, rows: object) -> None:
-            executed.append(sql)
+            if getattr(in_persist, "on", False):
+                executed.append(sql)
             original_many(self, sql, rows)  # type: ignore[arg-type]
 
         async def spy_run(desc: str, fn: object, *args: object) -> object:
@@ -300,15 +314,49 @@ async def test_send_is_a_few_statements_in_one_transaction(
 
         Txn.execute = spy_execute  # type: ignore[method-assign]
         Txn.executemany = spy_many  # type: ignore[method-assign]
+        events_storage.persist_many_txn = spy_persist  # type: ignore[assignment]
         s.db.run = spy_run  # type: ignore[method-assign]
         try:
             await s.rooms.send_event(room_id, ALICE, "m.room.message", {"body": "counted"})
         finally:
             Txn.execute, Txn.executemany = original_execute, original_many  # type: ignore[method-assign]
+            events_storage.persist_many_txn = original_persist  # type: ignore[assignment]
             s.db.run = original_run  # type: ignore[method-assign]
-        assert transactions == ["persist_events"]
+        # One transaction for the event (other services may read afterwards, on their own).
+        assert transactions[0] == "persist_events"
+        assert transactions.count("persist_events") == 1
         assert len(executed) <= 5, executed
         assert not any("current_state" in sql for sql in executed)
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_commit_across_rooms(db_config: DatabaseConfig, tmp_path) -> None:
+    async with services(db_config, str(tmp_path)) as s:
+        rooms = [await _room(s) for _ in range(10)]
+        before = s.events.transactions
+        await defer.gatherResults([
+            defer.ensureDeferred(s.rooms.send_event(r, ALICE, "m.room.message", {"body": "x"}))
+            for r in rooms
+        ])
+        # Ten rooms' sends shared transactions...
+        assert s.events.transactions - before < 10
+        # ...and each room still has one linear chain.
+        for r in rooms:
+            chain = await _chain(s, r)
+            assert all(prev == [chain[i][0]] for i, (_, prev, _, _) in enumerate(chain[1:]))
+        # A batch that fails (a retried transaction only the database knows) does not take
+        # the others down with it.
+        first = await s.rooms.send_event(rooms[0], ALICE, "m.room.message", {"body": "t"},
+                                         txn_id="t", device_id="D")
+        s.pipeline._txns.clear()
+        results = await defer.gatherResults([
+            defer.ensureDeferred(s.rooms.send_event(
+                r, ALICE, "m.room.message", {"body": "t"}, txn_id="t" if r == rooms[0] else None,
+                device_id="D"))
+            for r in rooms
+        ])
+        assert results[0] == first
+        assert len(set(results)) == len(rooms)
 
 
 def test_stored_json_is_the_pdu() -> None:

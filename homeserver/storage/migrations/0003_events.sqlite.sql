@@ -43,6 +43,9 @@ CREATE TABLE events (
     json TEXT NOT NULL,
     -- Why the event was rejected by the auth rules; NULL when accepted.
     rejected TEXT,
+    -- Authorised by its own state but not by the room's current state (from other servers):
+    -- stored, never shown to clients, never a forward extremity.
+    soft_failed BOOLEAN NOT NULL DEFAULT FALSE,
     -- The state after this event.
     state_group BIGINT NOT NULL,
     -- The state event this one replaced in the room state (unsigned.replaces_state).
