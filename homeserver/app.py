@@ -69,8 +69,10 @@ class HomeServer:
             config, self.db, reactor=self.reactor, signing_key=self.signing_key
         )
         self._register_routes(self.services)
-        self._listen()
+        # Everything that reads the database at start runs before the listeners open, so a
+        # signal arriving as soon as /health answers cannot interrupt start-up half-way.
         await self.services.federation_sender.start()
+        self._listen()
         await self.services.presence.start()
         await self.services.push.start()
 

@@ -132,13 +132,18 @@ def _run(config_path: str) -> int:
         try:
             await hs.start()
         except Exception as e:
+            if stopping[0]:
+                return  # a signal arrived while starting: not a start-up failure
             logger.error("start-up failed: %s", e, exc_info=not isinstance(e, ConfigError))
             exit_code[0] = 1
             reactor.stop()
             return
         logger.info("homeserver %s is up", config.server_name)
 
+    stopping = [False]
+
     def on_shutdown() -> defer.Deferred[None]:
+        stopping[0] = True
         return defer.Deferred.fromCoroutine(hs.shutdown())
 
     reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
