@@ -10,26 +10,35 @@ from twisted.internet import defer, task
 
 from homeserver import metrics, signing_key, tls
 from homeserver.api import media, versions
+from homeserver.api.admin import event_reports as admin_event_reports
 from homeserver.api.admin import media as admin_media
 from homeserver.api.admin import registration as admin_registration
 from homeserver.api.client import (
     account_data,
     capabilities,
     devices,
+    directory,
     ephemeral,
+    hierarchy,
     key_backup,
     keys,
     membership,
     profile,
     push,
+    relations,
     room_events,
+    room_reports,
+    search,
     session,
     tags,
     to_device,
+    upgrade,
 )
 from homeserver.api.client import sync as sync_api
 from homeserver.api.federation import keys as federation_keys
 from homeserver.api.federation import queries as federation_queries
+from homeserver.api.federation import rooms as federation_rooms
+from homeserver.api.federation import user_keys as federation_user_keys
 from homeserver.config import Config
 from homeserver.http.router import Router
 from homeserver.http.site import HomeserverSite
@@ -80,11 +89,13 @@ class HomeServer:
         versions.register(self.router, self.config)
         metrics.register(self.router)
         for module in (session, devices, profile, account_data, capabilities,
-                       room_events, membership,
+                       room_events, membership, directory, relations, upgrade,
+                       room_reports, admin_event_reports, search, hierarchy,
                        sync_api, ephemeral, tags,
                        push,
                        keys, to_device, key_backup,
                        admin_registration, federation_keys, federation_queries,
+                       federation_rooms, federation_user_keys,
                        media, admin_media):
             module.register(self.router, services)
 

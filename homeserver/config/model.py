@@ -70,6 +70,9 @@ class FederationConfig:
     well_known_server: str | None = None
     trusted_key_servers: tuple[TrustedKeyServer, ...] = ()
     old_signing_keys: dict[str, OldSigningKey] = field(default_factory=dict)
+    # Server names or glob patterns: None allows every server not blocked.
+    allowed_servers: tuple[str, ...] | None = None
+    blocked_servers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -325,11 +328,16 @@ def parse_config(data: Any, source_path: str | None = None) -> Config:
     static = fed.str_map("static_servers")
     for name, target in static.items():
         _check_host_port(fed, f"static_servers.{name}", target)
+    # Unset (or null) allows every server; an empty list allows none.
+    allowed_given = fed.data.get("allowed_servers") is not None
+    allowed = tuple(fed.str_list("allowed_servers", []))
     federation = FederationConfig(
         static_servers=static,
         well_known_server=fed.string("well_known_server", None),
         trusted_key_servers=tuple(_trusted(t) for t in fed.sections("trusted_key_servers", [])),
         old_signing_keys=_old_keys(fed.section("old_signing_keys")),
+        allowed_servers=allowed if allowed_given else None,
+        blocked_servers=tuple(fed.str_list("blocked_servers", [])),
     )
     fed.done()
 

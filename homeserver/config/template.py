@@ -183,6 +183,11 @@ federation:
   # events, by key ID:
   #   {{"ed25519:a_old": {{key: "<unpadded base64 verify key>", expired_ts: 1700000000000}}}}
   old_signing_keys: {{}}
+  # Which servers to federate with, by server name or glob pattern ("*.example.com").
+  # Requests from any other server are refused (403) and nothing is sent to it. Unset:
+  # every server that is not blocked.
+  # allowed_servers: ["example.org", "*.example.net"]
+  blocked_servers: []
 
 limits:
   # The largest JSON request body accepted (413 M_TOO_LARGE beyond it).

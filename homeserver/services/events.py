@@ -617,7 +617,8 @@ class EventsService:
                 )
             current = StatePlan(head.state_group, head.state_chain_len,
                                 _diff(head.state, new_state))
-            changes = await self._current_changes(head.state, new_state)
+            changes = await self._current_changes(head.state, new_state,
+                                                  {event.event_id: event})
         plan = HeadPlan(before=before_plan, current=current, current_changes=changes)
         work = _Work(head, extremities, max(head.max_depth, event.depth))
         work.changes = {k: v for k, v in new_state.items() if head.state.get(k) != v}
@@ -627,18 +628,116 @@ class EventsService:
         self._after_commit(room_id, stored, result)
         return ReceivedResult(event.event_id, verdict, reason, stored[0].stream_ordering)
 
+    async def template(
+        self, room_id: str, event_type: str, sender: str, content: JsonDict,
+        state_key: str | None = None,
+    ) -> tuple[RoomVersion, JsonDict]:
+        """An unsigned event template on the room's head, for a remote server to complete
+        (make_join / make_leave): prev_events, auth_events and depth filled in."""
+
+        async def run() -> tuple[RoomVersion, JsonDict]:
+            head = await self._load_head(room_id)
+            work = _Work(head, list(head.extremities), head.max_depth)
+            item = await self._build(work, EventSpec(event_type, sender, content, state_key))
+            pdu = dict(item.event.pdu_json())
+            for key in ("signatures", "hashes", "unsigned", "event_id"):
+                pdu.pop(key, None)
+            return head.room_version, pdu
+
+        return await self.exclusive(room_id, run)
+
+    async def persist_joined_room(
+        self, room_version: RoomVersion, state: Sequence[Event], auth_chain: Sequence[Event],
+        join: Event,
+    ) -> ReceivedResult:
+        """Store a room we join through another server: its state and auth chain as the
+        resident server gave them (already checked by the caller), then our join on top.
+
+        The state events are stored in auth order; the room's state is set to exactly the
+        given state (not what replaying them would give), then the join follows it."""
+        room_id = join.room_id
+
+        async def run() -> ReceivedResult:
+            if await self.store.get_room(room_id) is not None:
+                return await self._receive(join)
+            by_id = {e.event_id: e for e in [*auth_chain, *state]}
+            ordered: list[Event] = []
+            seen: set[str] = set()
+
+            def visit(ev: Event) -> None:
+                stack = [(ev, False)]
+                while stack:
+                    e, done = stack.pop()
+                    if done:
+                        ordered.append(e)
+                        continue
+                    if e.event_id in seen:
+                        continue
+                    seen.add(e.event_id)
+                    stack.append((e, True))
+                    for a in reversed(e.auth_event_ids):
+                        if a in by_id and a not in seen:
+                            stack.append((by_id[a], False))
+
+            for e in sorted(by_id.values(), key=lambda e: (e.depth, e.event_id)):
+                visit(e)
+            state_map = {e.state_tuple: e.event_id for e in state}
+            create_id = state_map.get(CREATE_KEY)
+            if create_id is None or create_id not in by_id:
+                raise ValueError("the room state has no create event")
+            create = by_id[create_id]
+            ordered.sort(key=lambda e: 0 if e.event_id == create_id else 1)
+            creator = str(create.content.get("creator") or create.sender)
+            def auth_of(e: Event) -> list[tuple[str, StateKey]]:
+                auth = [(a, by_id[a].state_tuple) for a in e.auth_event_ids if a in by_id]
+                if room_version.room_id_is_create_event_hash and e.event_id != create_id:
+                    auth.append((create_id, CREATE_KEY))
+                return auth
+
+            items = []
+            for e in ordered:
+                item = PersistItem(e)
+                item.auth = auth_of(e)
+                items.append(item)
+            head = RoomHead(room_id, room_version, creator, [], 0, 0, 0, {})
+            depth = max(e.depth for e in ordered)
+            work = _Work(head, list(join.prev_event_ids), depth)
+            work.changes = dict(state_map)
+            changes = [
+                CurrentStateChange(e.type, e.state_key or "", e.event_id,
+                                   e.membership if e.type == MEMBER else None)
+                for e in (by_id[i] for i in state_map.values())
+            ]
+            plan = HeadPlan(current=StatePlan(None, 0, dict(state_map)), current_changes=changes)
+            new_room = NewRoom(room_id, room_version.identifier, creator, False,
+                               self.clock.time_ms())
+            result, stored = await self._persist(work, items, new_room, plan)
+            self._after_commit(room_id, stored, result)
+            item = PersistItem(join, replaces=state_map.get(join.state_tuple))
+            item.auth = auth_of(join)
+            work = _Work(head, [join.event_id], max(depth, join.depth))
+            work.changes = {join.state_tuple: join.event_id}
+            result, stored = await self._persist(work, [item], None)
+            self._after_commit(room_id, stored, result)
+            return ReceivedResult(join.event_id, Verdict.ACCEPTED, None,
+                                  stored[0].stream_ordering)
+
+        return await self.exclusive(room_id, run)
+
     async def _chain_len(self, group: int) -> int:
         from homeserver.storage.state import group_chain_len_txn
 
         return await self.db.run("group_chain_len", group_chain_len_txn, group)
 
     async def _current_changes(
-        self, old: Mapping[StateKey, str], new: Mapping[StateKey, str]
+        self, old: Mapping[StateKey, str], new: Mapping[StateKey, str],
+        extra: Mapping[str, Event] | None = None,
     ) -> list[CurrentStateChange]:
         changed = {k: v for k, v in new.items() if old.get(k) != v}
-        found = await self.store.get_events(changed.values())
+        found = {e: se.event for e, se in (await self.store.get_events(changed.values())).items()}
+        found.update(extra or {})
         out = [
-            CurrentStateChange(t, sk, eid, found[eid].event.membership
+            CurrentStateChange(t, sk, eid, found[eid].membership
                                if t == MEMBER and eid in found else None)
             for (t, sk), eid in changed.items()
         ]

@@ -60,6 +60,9 @@ class FederationSender:
         self._again: set[str] = set()
         self._timers: dict[str, Any] = {}
         self._stopped = False
+        # Peers that contacted us while a send to them was under way: if that send fails,
+        # retry at once instead of backing off.
+        self._peer_back: set[str] = set()
 
     async def start(self) -> None:
         for destination in await self.store.destinations_with_pending():
@@ -112,6 +115,8 @@ class FederationSender:
 
     async def peer_is_back(self, destination: str) -> None:
         """The peer contacted us: forget its backoff and flush its queue."""
+        if destination in self._running:
+            self._peer_back.add(destination)
         if destination in self._timers or await self.store.get_backoff(destination):
             timer = self._timers.pop(destination, None)
             if timer is not None and timer.active():
@@ -158,6 +163,7 @@ class FederationSender:
                 if isinstance(result, dict) and result.get("error"):
                     logger.info("%s rejected %s: %s", destination, event_id, result["error"])
             await self.store.acknowledge(destination, [i.position for i in items])
+            self._peer_back.discard(destination)
             if backoff is not None:
                 await self.store.set_backoff(destination, None)
                 backoff = None
@@ -165,6 +171,11 @@ class FederationSender:
     async def _failed(
         self, destination: str, previous: Backoff | None, error: Exception
     ) -> None:
+        if destination in self._peer_back:
+            # It came back while this attempt was failing: try again straight away.
+            self._peer_back.discard(destination)
+            self._again.add(destination)
+            return
         backoff = next_backoff(previous, self.clock.time_ms())
         await self.store.set_backoff(destination, backoff)
         logger.info("cannot reach %s (%s): retrying in %ds", destination, error,

@@ -17,6 +17,7 @@ With ``presence.enabled: false`` the endpoints still answer, but nothing is stor
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -71,6 +72,8 @@ class PresenceService:
         self._live: dict[str, _Live] = {}
         self._locks: dict[str, defer.DeferredLock] = {}
         self._loop: task.LoopingCall | None = None
+        # Called with each stored change (the federation sender's m.presence EDUs).
+        self.on_change: list[Callable[[PresenceRow], None]] = []
         if self.enabled:
             pipeline.on_persisted.append(self._on_persisted)
 
@@ -160,6 +163,11 @@ class PresenceService:
                 return
             position = await self.store.put(row)
             row = replace(row, stream_id=position)
+            for hook in self.on_change:
+                try:
+                    hook(row)
+                except Exception:
+                    logger.exception("presence hook failed for %s", user_id)
             if live is None:
                 live = _Live(row, row.last_active_ts, now)
             live.row = row
@@ -172,6 +180,24 @@ class PresenceService:
             lock.release()
             if not lock.locked and not lock.waiting:
                 self._locks.pop(user_id, None)
+
+    async def receive_remote(self, user_id: str, update: JsonDict) -> bool:
+        """Presence of a remote user from their server (an ``m.presence`` EDU entry): stored
+        as given (their server times it out, not us), and no hook runs (no echo back)."""
+        state = update.get("presence")
+        if not self.enabled or state not in STATES:
+            return False
+        now = self.clock.time_ms()
+        ago = update.get("last_active_ago")
+        last_active = now - ago if isinstance(ago, int) and ago >= 0 else 0
+        status = update.get("status_msg")
+        row = PresenceRow(
+            user_id, state,
+            status if isinstance(status, str) and len(status) <= MAX_STATUS_MSG else None,
+            last_active, now, update.get("currently_active") is True and state == ONLINE,
+        )
+        await self.store.put(row)
+        return True
 
     async def set_presence(self, user_id: str, state: Any, status_msg: Any = None) -> None:
         """PUT /presence/{userId}/status (the caller checked it is the user's own)."""

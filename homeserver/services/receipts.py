@@ -105,6 +105,22 @@ class ReceiptService:
                 raise _bad(f"{event_id} is not in thread {thread_id}")
         await self._store(room_id, user_id, receipt_type, ev, thread_id)
 
+    async def receive_remote(
+        self, room_id: str, user_id: str, receipt_type: str, event_id: str,
+        thread_id: str | None = None,
+    ) -> bool:
+        """A receipt from another server (m.receipt EDU) for a user of that server, who must
+        be joined. Returns whether it was stored."""
+        if receipt_type not in RECEIPT_TYPES or receipt_type == FULLY_READ:
+            return False
+        try:
+            await self._joined(room_id, user_id)
+            ev = await self._event_in_room(room_id, event_id)
+        except MatrixError:
+            return False
+        await self._store(room_id, user_id, receipt_type, ev, thread_id)
+        return True
+
     async def _store(
         self, room_id: str, user_id: str, receipt_type: str, ev: StoredEvent,
         thread_id: str | None,

@@ -13,9 +13,13 @@ from homeserver.config import Config
 from homeserver.config.model import RateLimit
 from homeserver.services.accounts import AccountService
 from homeserver.services.auth import AuthService
+from homeserver.services.directory import DirectoryService
 from homeserver.services.e2ee import E2eeServices, build_e2ee
 from homeserver.services.events import EventsService
+from homeserver.services.federation_in import FederationRooms
+from homeserver.services.federation_policy import outbound_gate
 from homeserver.services.federation_sender import FederationSender
+from homeserver.services.hierarchy import HierarchyService
 from homeserver.services.keyring import Keyring
 from homeserver.services.media import MediaService
 from homeserver.services.notifier import InProcessNotifier, Notifier
@@ -24,11 +28,15 @@ from homeserver.services.profile import ProfileService
 from homeserver.services.push import PushService, PushSettings
 from homeserver.services.ratelimit import Ratelimiter
 from homeserver.services.receipts import ReceiptService
+from homeserver.services.relations import RelationsService
+from homeserver.services.room_reports import RoomReportService
 from homeserver.services.rooms import RoomService
+from homeserver.services.search import SearchService
 from homeserver.services.state import StateService
 from homeserver.services.sync import SyncService, device_list_position
 from homeserver.services.typing import TypingService
 from homeserver.services.uia import UiaService
+from homeserver.services.upgrade import UpgradeService
 from homeserver.storage import Database
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.devices import DeviceStore
@@ -41,11 +49,14 @@ from homeserver.storage.presence import PresenceStore
 from homeserver.storage.profiles import ProfileStore
 from homeserver.storage.push import PushStore
 from homeserver.storage.receipts import ReceiptStore
+from homeserver.storage.relations import RelationStore
+from homeserver.storage.room_reports import RoomReportStore
+from homeserver.storage.search import SearchStore
 from homeserver.storage.server_keys import ServerKeyStore
-from homeserver.storage.user_directory import UserDirectoryStore
 from homeserver.storage.state import StateStore
 from homeserver.storage.sync import SyncStore
 from homeserver.storage.uia import RegistrationTokenStore, UiaStore
+from homeserver.storage.user_directory import UserDirectoryStore
 from homeserver.storage.users import UserStore
 
 
@@ -92,6 +103,20 @@ class Services:
     receipts: ReceiptService = field(init=False)
     presence: PresenceService = field(init=False)
     sync: SyncService = field(init=False)
+    # Rooms over federation (set up once the rest exists).
+    federation: FederationRooms = field(init=False)
+    # The public room directory.
+    directory: DirectoryService = field(init=False)
+    # Relations, threads and bundled aggregations.
+    relations: RelationsService = field(init=False)
+    # Room upgrades.
+    upgrades: UpgradeService = field(init=False)
+    # Content reports and /timestamp_to_event.
+    room_reports: RoomReportService = field(init=False)
+    # Full-text search of room events.
+    search: SearchService = field(init=False)
+    # Space hierarchies.
+    hierarchy: HierarchyService = field(init=False)
 
 
 def build_services(
@@ -112,6 +137,7 @@ def build_services(
             allow_private_addresses=config.outbound.allow_private_addresses,
             static_map=config.federation.static_servers,
         ),
+        gate=outbound_gate(config),
     )
     users = UserStore(db)
     devices = DeviceStore(db)
@@ -183,7 +209,19 @@ def build_services(
     services.accounts.on_deactivate.append(services.push.on_deactivate)
     services.profiles.on_change.append(services.rooms.on_profile_change)
     services.e2ee.keys.set_shared_users_source(services.rooms.users_sharing_rooms)
+    services.directory = DirectoryService(
+        config=config, pipeline=services.pipeline, users=services.users
+    )
+    services.relations = RelationsService(rooms=services.rooms, store=RelationStore(db))
+    services.rooms.bundler = services.relations.bundle
+    services.upgrades = UpgradeService(rooms=services.rooms)
+    services.room_reports = RoomReportService(rooms=services.rooms, store=RoomReportStore(db))
+    services.search = SearchService(rooms=services.rooms, store=SearchStore(db))
+    services.hierarchy = HierarchyService(
+        pipeline=services.pipeline, directory=services.directory
+    )
     _build_sync(services, reactor)
+    services.federation = FederationRooms(services)
     services.receipts.on_receipt.append(services.push.on_receipt)
     return services
 

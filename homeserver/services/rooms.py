@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import secrets
 import string
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,8 @@ JOIN_RULES: StateKey = ("m.room.join_rules", "")
 HISTORY_VISIBILITY: StateKey = ("m.room.history_visibility", "")
 GUEST_ACCESS: StateKey = ("m.room.guest_access", "")
 CANONICAL_ALIAS: StateKey = ("m.room.canonical_alias", "")
+ENCRYPTION: StateKey = ("m.room.encryption", "")
+MEGOLM = "m.megolm.v1.aes-sha2"
 MAX_PAGE = 1000
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -122,6 +124,7 @@ class Context:
 
 
 EventFilter = Callable[[Event], bool]
+Bundler = Callable[[Sequence[StoredEvent], list[JsonDict], str], Awaitable[None]]
 
 
 def _random_string(n: int) -> str:
@@ -151,6 +154,9 @@ class RoomService:
         self.state_store: StateStore = pipeline.state_store
         self.state = state
         self.profiles = profiles
+        # Adds bundled aggregations (``unsigned.m.relations``) to served events; set by
+        # ``services.relations``.
+        self.bundler: Bundler | None = None
 
     # == creating rooms =====================================================================
 
@@ -251,6 +257,13 @@ class RoomService:
         if config["guest_can_join"]:
             preset_state[GUEST_ACCESS] = {"guest_access": "can_join"}
         preset_state.update(state)
+        # Encrypted by default (config encryption.by_default): every room, or private chats
+        # and DMs; an explicit m.room.encryption in initial_state wins.
+        policy = self.config.encryption.by_default
+        if (policy == "all" or (policy == "private" and (
+            preset in ("private_chat", "trusted_private_chat") or is_direct
+        ))) and ENCRYPTION not in preset_state:
+            preset_state[ENCRYPTION] = {"algorithm": MEGOLM}
         if name is not None:
             preset_state[("m.room.name", "")] = {"name": name}
         if topic is not None:
@@ -334,6 +347,13 @@ class RoomService:
             await self._check_canonical_alias(room_id, content)
         spec = EventSpec(event_type, sender, dict(content), state_key=state_key, txn=txn)
         if state_key is None:
+            if event_type == "m.room.message" and self.config.encryption.require and (
+                await self.pipeline.current_state_event(room_id, ENCRYPTION) is not None
+            ):
+                raise forbidden(
+                    "This room is end-to-end encrypted and this server requires encryption: "
+                    "send m.room.encrypted events, not plaintext m.room.message"
+                )
             return (await self.pipeline.send(room_id, spec)).event_id
 
         async def prepare(view: RoomView) -> EventSpec | str:
@@ -481,6 +501,13 @@ class RoomService:
             return None
 
         return await self._change_membership(room_id, user_id, user_id, "join", content, check)
+
+    async def join_content(self, user_id: str, reason: str | None) -> JsonDict:
+        """The content of a join made through another server: profile and reason."""
+        content: JsonDict = await self._profile_content(user_id)
+        if reason is not None:
+            content["reason"] = reason
+        return content
 
     async def invite(
         self, room_id: str, sender: str, target: str, *, reason: str | None = None,
@@ -659,7 +686,7 @@ class RoomService:
         loaded = await self.store.get_events(x for x in extra if x is not None)
         now = self.clock.time_ms()
         device = (user_id, device_id) if user_id is not None else None
-        return [
+        out = [
             client_event(
                 e, now, device=device,
                 replaced=loaded.get(e.replaces_state) if e.replaces_state else None,
@@ -667,6 +694,9 @@ class RoomService:
             )
             for e in events
         ]
+        if self.bundler is not None and user_id is not None:
+            await self.bundler(events, out, user_id)
+        return out
 
     async def get_event(
         self, room_id: str, user_id: str, event_id: str, *, device_id: str | None = None

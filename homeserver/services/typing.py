@@ -9,7 +9,7 @@ a client is told again who is typing).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from federation.events import JsonDict
@@ -41,6 +41,9 @@ class TypingService:
         self._typing: dict[str, dict[str, int]] = {}
         self._room_pos: dict[str, int] = {}
         self._timers: dict[tuple[str, str], Any] = {}
+        # Called with (room_id, user_id, typing) on every start (renewals too) and stop: the
+        # federation sender's m.typing EDUs.
+        self.on_change: list[Callable[[str, str, bool], None]] = []
         pipeline.on_persisted.append(self._on_persisted)
 
     async def set_typing(
@@ -75,6 +78,7 @@ class TypingService:
         )
         if not was_typing:
             self._changed(room_id)
+        self._tell(room_id, user_id, True)
 
     def stop(self, room_id: str, user_id: str) -> None:
         timer = self._timers.pop((room_id, user_id), None)
@@ -87,6 +91,14 @@ class TypingService:
         if not users:
             del self._typing[room_id]
         self._changed(room_id)
+        self._tell(room_id, user_id, False)
+
+    def _tell(self, room_id: str, user_id: str, typing: bool) -> None:
+        for hook in self.on_change:
+            try:
+                hook(room_id, user_id, typing)
+            except Exception:
+                logger.exception("typing hook failed for %s in %s", user_id, room_id)
 
     def _expire(self, room_id: str, user_id: str) -> None:
         self._timers.pop((room_id, user_id), None)

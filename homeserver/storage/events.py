@@ -22,6 +22,8 @@ from federation.room_versions import RoomVersion, get_room_version
 from homeserver.storage.auth_chains import ChainEvent, index_events_txn
 from homeserver.storage.cache import LruCache
 from homeserver.storage.engine import Database, Txn
+from homeserver.storage.relations import index_relations_txn
+from homeserver.storage.search import index_search_txn
 from homeserver.storage.state import (
     CurrentStateChange,
     KeyNids,
@@ -324,6 +326,9 @@ def persist_many_txn(txn: Txn, requests: Sequence[PersistRequest]) -> list[Persi
     """Persist the batches of several rooms in one transaction (group commit): everything
     room by room, then one 'events' stream advance for all of them, then the event rows."""
     staged = [_stage_txn(txn, r) for r in requests]
+    indexed = [(st.request, st.nids) for st in staged]
+    index_relations_txn(txn, indexed)
+    index_search_txn(txn, indexed)
     total = sum(len(st.request.items) for st in staged)
     # From here on the 'events' stream row is locked until commit: keep it short.
     row = txn.execute(

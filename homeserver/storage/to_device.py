@@ -1,5 +1,6 @@
-"""To-device messages: an inbox per local device on the to_device stream, an outbox per remote
-server for the federation sender, and the transaction IDs that make sending idempotent."""
+"""To-device messages: an inbox per local device on the to_device stream, messages for remote
+users queued as m.direct_to_device EDUs in the federation outbox (storage/federation_queue.py,
+in the same commit), and the transaction IDs that make sending idempotent."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from homeserver.storage import streams
 from homeserver.storage.engine import Database, Txn
+from homeserver.storage.federation_queue import enqueue_txn
 
 TO_DEVICE = "to_device"
 JsonDict = dict[str, Any]
@@ -31,13 +33,6 @@ class ToDeviceMessage:
     def event(self) -> JsonDict:
         """The event as /sync delivers it."""
         return {"sender": self.sender, "type": self.type, "content": self.content}
-
-
-@dataclass(frozen=True)
-class OutboxEntry:
-    stream_id: int
-    destination: str
-    edu: JsonDict  # the content of an m.direct_to_device EDU
 
 
 class ToDeviceStore:
@@ -89,14 +84,11 @@ class ToDeviceStore:
                     for (user_id, device_id), content in sorted(targets.items())
                 ],
             )
-            txn.executemany(
-                "INSERT INTO to_device_outbox (destination, stream_id, edu_json, created_ts)"
-                " VALUES (?, ?, ?, ?)",
-                [
-                    (destination, position, json.dumps(edu, ensure_ascii=False), now)
-                    for destination, edu in sorted(remote.items())
-                ],
-            )
+            # Remote users' messages go into the federation outbox in the same commit.
+            enqueue_txn(txn, [
+                (destination, "edu", {"edu_type": "m.direct_to_device", "content": edu})
+                for destination, edu in sorted(remote.items())
+            ], now)
             txn.note(TO_DEVICE, position, users={user_id for user_id, _ in targets})
             return position
 
@@ -129,35 +121,6 @@ class ToDeviceStore:
 
     async def current_position(self) -> int:
         return await streams.current_position(self.db, TO_DEVICE)
-
-    async def outbox(self, destination: str, after: int, limit: int) -> list[OutboxEntry]:
-        def txn_fn(txn: Txn) -> list[OutboxEntry]:
-            rows = txn.execute(
-                "SELECT stream_id, edu_json FROM to_device_outbox"
-                " WHERE destination = ? AND stream_id > ? ORDER BY stream_id LIMIT ?",
-                (destination, after, limit),
-            ).fetchall()
-            return [OutboxEntry(int(r[0]), destination, json.loads(r[1])) for r in rows]
-
-        return await self.db.run("to_device_outbox", txn_fn)
-
-    async def outbox_destinations(self) -> list[str]:
-        def txn_fn(txn: Txn) -> list[str]:
-            rows = txn.execute(
-                "SELECT DISTINCT destination FROM to_device_outbox ORDER BY destination"
-            ).fetchall()
-            return [r[0] for r in rows]
-
-        return await self.db.run("to_device_outbox_destinations", txn_fn)
-
-    async def delete_outbox_up_to(self, destination: str, position: int) -> None:
-        await self.db.run(
-            "delete_to_device_outbox",
-            lambda txn: txn.execute(
-                "DELETE FROM to_device_outbox WHERE destination = ? AND stream_id <= ?",
-                (destination, position),
-            ),
-        )
 
     async def forget_txns_before(self, ts: int) -> None:
         await self.db.run(

@@ -113,18 +113,22 @@ async def test_unknown_devices_dropped_remote_users_queued(hs: RunningServer) ->
         "@erin:other.example": {"E": {"b": 1}},
     }, "m.room.encrypted")
     assert (await td.get_to_device(alice.user_id, "NOSUCHDEVICE", 0)).events == []
-    assert await td.outbox_destinations() == ["other.example", "remote.example"]
-    (entry,) = await td.outbox("remote.example")
-    assert entry.edu["sender"] == alice.user_id
-    assert entry.edu["type"] == "m.room.encrypted"
-    assert entry.edu["message_id"]
-    assert entry.edu["messages"] == {
+    # Remote users' messages wait in the federation outbox, one EDU per destination.
+    assert hs.hs.services is not None
+    queue = hs.hs.services.federation_sender.store
+    assert sorted(await queue.destinations_with_pending()) == ["other.example", "remote.example"]
+    (entry,) = await queue.pending("remote.example", 50, 100)
+    assert entry.kind == "edu"
+    assert entry.payload["edu_type"] == "m.direct_to_device"
+    edu = entry.payload["content"]
+    assert edu["sender"] == alice.user_id
+    assert edu["type"] == "m.room.encrypted"
+    assert edu["message_id"]
+    assert edu["messages"] == {
         "@carol:remote.example": {"CDEV": {"secret": "ciphertext"}},
         "@dave:remote.example": {"*": {"secret": "ciphertext2"}},
     }
-    await td.delete_outbox_up_to("remote.example", entry.stream_id)
-    assert await td.outbox("remote.example") == []
-    assert len(await td.outbox("other.example")) == 1
+    assert len(await queue.pending("other.example", 50, 100)) == 1
 
 
 @pytest.mark.parametrize("body", [

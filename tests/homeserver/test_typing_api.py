@@ -43,8 +43,12 @@ async def test_typing_shown_cleared_and_only_when_changed(hs: RunningServer) -> 
     room = await create_room(c, alice, preset="public_chat")
     await join(c, bob, room)
     since = (await sync(c, bob))["next_batch"]
+    assert hs.hs.services is not None
+    told: list[tuple[str, str, bool]] = []
+    hs.hs.services.typing.on_change.append(lambda *args: told.append(args))
 
     await _typing(c, alice, room, {"typing": True, "timeout": 30000})
+    assert told == [(room, alice.user_id, True)]
     body = await sync(c, bob, since)
     assert _typing_users(body, room) == [alice.user_id]
     assert body["rooms"]["join"][room]["timeline"]["events"] == []
@@ -62,6 +66,7 @@ async def test_typing_shown_cleared_and_only_when_changed(hs: RunningServer) -> 
     assert _typing_users(both, room) == sorted([alice.user_id, bob.user_id])
 
     await _typing(c, alice, room, {"typing": False})
+    assert told[-1] == (room, alice.user_id, False)
     stopped = await sync(c, bob, quiet["next_batch"])
     assert _typing_users(stopped, room) == [bob.user_id]
 

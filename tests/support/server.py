@@ -84,20 +84,23 @@ def free_port(host: str) -> int:
 
 
 async def start_pair(
-    tmp_dir: str, db_a: DatabaseConfig, db_b: DatabaseConfig, **overrides: Any
+    tmp_dir: str, db_a: DatabaseConfig, db_b: DatabaseConfig,
+    federation_a: dict[str, Any] | None = None, federation_b: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> tuple[RunningServer, RunningServer]:
     """Two federating servers, a.test and b.test, each finding the other through the
-    static map (TLS with self-signed certificates, dev-mode outbound requests)."""
+    static map (TLS with self-signed certificates, dev-mode outbound requests).
+    ``federation_a`` / ``federation_b``: more of each one's ``federation`` config section."""
     import os
 
     port_a, port_b = free_port("127.0.0.2"), free_port("127.0.0.2")
     static = {"a.test": f"127.0.0.2:{port_a}", "b.test": f"127.0.0.2:{port_b}"}
     fed = {"static_servers": static}
     a = await start_server(os.path.join(tmp_dir, "a"), db_a, "a.test", port_a,
-                           federation=fed, **overrides)
+                           federation={**fed, **(federation_a or {})}, **overrides)
     try:
         b = await start_server(os.path.join(tmp_dir, "b"), db_b, "b.test", port_b,
-                               federation=fed, **overrides)
+                               federation={**fed, **(federation_b or {})}, **overrides)
     except BaseException:
         await a.stop()
         raise

@@ -3,8 +3,9 @@ room aliases (which joins resolve)."""
 
 from __future__ import annotations
 
-from federation.identifiers import is_valid_room_alias, is_valid_user_id
+from federation.identifiers import get_domain, is_valid_room_alias, is_valid_user_id
 from federation.power_levels import get_send_level, get_user_power_level
+from federation.transport.client import FederationClientError, HttpResponseError
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.request import HomeserverRequest
 from homeserver.http.router import JsonResponse, Router
@@ -34,10 +35,45 @@ def register(router: Router, s: Services) -> None:
             raise MatrixError(400, Codes.INVALID_PARAM, "Invalid user_id")
         return target
 
+    async def resolve_with_servers(room_id_or_alias: str) -> tuple[str, list[str]]:
+        """The room ID and servers to join through, asking the alias's server for a remote
+        alias (GET /_matrix/federation/v1/query/directory)."""
+        if room_id_or_alias.startswith("#") and is_valid_room_alias(room_id_or_alias):
+            domain = get_domain(room_id_or_alias)
+            if domain != s.config.server_name:
+                try:
+                    found = await s.federation_client.get_json(
+                        domain, "/_matrix/federation/v1/query/directory",
+                        {"room_alias": room_id_or_alias})
+                except HttpResponseError as e:
+                    if e.status == 404:
+                        raise MatrixError(404, Codes.NOT_FOUND,
+                                          f"Room alias {room_id_or_alias} not found") from None
+                    raise MatrixError(502, Codes.UNKNOWN,
+                                      f"Cannot resolve {room_id_or_alias}: {e}") from None
+                except FederationClientError as e:
+                    raise MatrixError(502, Codes.UNKNOWN,
+                                      f"Cannot resolve {room_id_or_alias}: {e}") from None
+                room_id = found.get("room_id") if isinstance(found, dict) else None
+                servers = found.get("servers") if isinstance(found, dict) else None
+                if not isinstance(room_id, str) or not room_id.startswith("!"):
+                    raise MatrixError(502, Codes.UNKNOWN, "Invalid directory response")
+                listed = [x for x in servers if isinstance(x, str)] if isinstance(
+                    servers, list) else []
+                return room_id, [domain, *listed]
+        return await resolve(room_id_or_alias), []
+
     async def join_by_id_or_alias(request: HomeserverRequest, roomIdOrAlias: str) -> JsonResponse:
         requester = await s.auth.authenticate(request, allow_guest=True)
         body = request.json_object() if request.read_body() else {}
-        room_id = await resolve(roomIdOrAlias)
+        room_id, servers = await resolve_with_servers(roomIdOrAlias)
+        if await s.federation.should_join_remotely(room_id):
+            via = [v.decode("utf-8", "replace") for name in (b"via", b"server_name")
+                   for v in request.args.get(name, [])]
+            await s.federation.join_remote(
+                room_id, requester.user_id, [*servers, *via, *s.federation.room_servers(room_id)],
+                await rooms.join_content(requester.user_id, _reason(body)))
+            return 200, {"room_id": room_id}
         await rooms.join(room_id, requester.user_id, reason=_reason(body))
         return 200, {"room_id": room_id}
 

@@ -7,6 +7,7 @@ from typing import Any
 from federation.x_matrix import XMatrixError, parse_request_authorization, verify_request
 from homeserver.http.errors import MatrixError
 from homeserver.http.request import HomeserverRequest
+from homeserver.services.federation_policy import check_inbound
 from homeserver.services.keyring import Keyring
 
 
@@ -22,10 +23,12 @@ async def authenticate_origin(
         authorization = parse_request_authorization(headers, keyring.server_name)
     except XMatrixError as e:
         raise MatrixError(e.status, e.errcode, e.message) from None
+    # Refused servers are refused before their keys are fetched.
+    check_inbound(keyring.config, authorization.origin)
     now = keyring.clock.time_ms()
     lookup = await keyring.lookup_for({authorization.origin: authorization.key_ids}, now)
     try:
-        return verify_request(
+        origin = verify_request(
             authorization,
             method=request.method.decode("ascii"),
             uri=request.uri.decode("ascii", "replace"),
@@ -36,3 +39,5 @@ async def authenticate_origin(
         )
     except XMatrixError as e:
         raise MatrixError(e.status, e.errcode, e.message) from None
+    check_inbound(keyring.config, origin)
+    return origin

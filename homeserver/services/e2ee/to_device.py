@@ -3,21 +3,21 @@
 For the sync engineer: ``get_to_device(user, device, since, limit)`` returns the waiting
 messages in order of arrival with the stream position of the last one; once the client syncs
 again with a token past that position, ``delete_to_device_up_to(user, device, position)``
-deletes what it has acknowledged. For the federation engineer: messages to remote users wait
-in an outbox per destination as ready-made ``m.direct_to_device`` EDU contents
-(``outbox`` / ``delete_outbox_up_to``).
+deletes what it has acknowledged. Messages to remote users are queued as ``m.direct_to_device``
+EDUs in the federation outbox in the same commit; ``on_remote`` hooks wake the sender.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from federation.identifiers import InvalidIdentifier, get_domain, is_valid_user_id
 from homeserver.clock import Clock
 from homeserver.services.e2ee.validation import bad_json, invalid
-from homeserver.storage.to_device import LocalMessage, OutboxEntry, ToDeviceStore
+from homeserver.storage.to_device import LocalMessage, ToDeviceStore
 
 JsonDict = dict[str, Any]
 
@@ -40,6 +40,9 @@ class ToDeviceService:
         self.server_name = server_name
         self.clock = clock
         self._last_cleanup = 0
+        # Called with the destinations whose m.direct_to_device EDUs were just queued in the
+        # federation outbox (the federation sender wakes them).
+        self.on_remote: list[Callable[[list[str]], None]] = []
 
     async def send(
         self, sender: str, sender_device: str, event_type: str, txn_id: str, body: JsonDict
@@ -79,7 +82,11 @@ class ToDeviceService:
         if count > MAX_TARGET_DEVICES:
             raise invalid(f"At most {MAX_TARGET_DEVICES} devices per request")
         now = self.clock.time_ms()
-        await self.store.send(sender, sender_device, txn_id, event_type, local, remote, now)
+        stored = await self.store.send(sender, sender_device, txn_id, event_type, local, remote,
+                                       now)
+        if stored is not None and remote:
+            for hook in self.on_remote:
+                hook(sorted(remote))
         if now - self._last_cleanup > 3600 * 1000:
             self._last_cleanup = now
             await self.store.forget_txns_before(now - TXN_LIFETIME_MS)
@@ -98,11 +105,3 @@ class ToDeviceService:
     async def current_position(self) -> int:
         return await self.store.current_position()
 
-    async def outbox(self, destination: str, after: int = 0, limit: int = 50) -> list[OutboxEntry]:
-        return await self.store.outbox(destination, after, limit)
-
-    async def outbox_destinations(self) -> list[str]:
-        return await self.store.outbox_destinations()
-
-    async def delete_outbox_up_to(self, destination: str, position: int) -> None:
-        await self.store.delete_outbox_up_to(destination, position)

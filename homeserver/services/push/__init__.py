@@ -139,4 +139,6 @@ class PushService:
     async def notifications(
         self, user_id: str, before: int | None, limit: int, only_highlight: bool
     ) -> list[NotificationRow]:
+        # Events already persisted are included (evaluation is quick; rooms are few).
+        await self.evaluator.settled(self.evaluator.busy_rooms())
         return await self.store.notifications(user_id, before, limit, only_highlight)

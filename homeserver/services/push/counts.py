@@ -155,6 +155,10 @@ class PushEvaluator:
                 if not d.called:
                     d.callback(None)
 
+    def busy_rooms(self) -> list[str]:
+        """Rooms with batches waiting to be evaluated."""
+        return list(self._queues)
+
     async def settled(self, room_ids: Sequence[str], timeout_s: float = SETTLE_TIMEOUT_S) -> None:
         """Wait until no batch of these rooms is waiting to be evaluated (or the timeout)."""
         deadline = self.reactor.seconds() + timeout_s

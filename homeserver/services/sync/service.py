@@ -304,8 +304,13 @@ class SyncService:
         newly_joined_all = {r for r in joined_all if not initial and not joined_at_since(r)}
         old_joined = [r for r in joined if r not in new_joined]
 
-        # What changed in the rooms the user was already in.
-        with_events = await self.store.rooms_with_events(joined_all, s.events, now.events)
+        # What changed in the rooms the user was already in (on an initial sync every room is
+        # new: no need to look at their history).
+        with_events: dict[str, int] = {}
+        if not initial:
+            with_events = await self.store.rooms_with_events(
+                [r for r in joined_all if r not in newly_joined_all], s.events, now.events
+            )
         typing_rooms = set(self.typing.changed_rooms(joined, typing_since))
         receipts = []
         if old_joined and s.receipts < now.receipts:

@@ -83,16 +83,6 @@ CREATE TABLE to_device_inbox (
     PRIMARY KEY (user_id, device_id, stream_id)
 );
 
--- To-device messages for remote users, one m.direct_to_device EDU per destination and request,
--- waiting for the federation sender.
-CREATE TABLE to_device_outbox (
-    destination TEXT NOT NULL,
-    stream_id BIGINT NOT NULL,
-    edu_json TEXT NOT NULL,
-    created_ts BIGINT NOT NULL,
-    PRIMARY KEY (destination, stream_id)
-);
-
 -- Transaction IDs of /sendToDevice per sending device: a retried request stores nothing twice.
 CREATE TABLE to_device_txns (
     user_id TEXT NOT NULL,
