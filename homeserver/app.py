@@ -139,6 +139,8 @@ class HomeServer:
         while any(site.in_flight for site in self.sites) and waited < SHUTDOWN_GRACE_SECONDS:
             await task.deferLater(self.reactor, 0.05, lambda: None)
             waited += 0.05
+        for site in self.sites:
+            site.close_idle_connections()
         remaining = sum(len(site.in_flight) for site in self.sites)
         if remaining:
             logger.warning("closing %d requests still in flight after %.0fs", remaining, waited)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import weakref
 from typing import Any, BinaryIO
 
 from prometheus_client import Counter, Histogram
@@ -235,8 +236,22 @@ class HomeserverSite(server.Site):
         self.x_forwarded = x_forwarded
         self.max_body_bytes = max_body_bytes
         self.in_flight: set[HomeserverRequest] = set()
+        # Open connections, so shutdown can close idle keep-alive ones.
+        self.channels: weakref.WeakSet[Any] = weakref.WeakSet()
         # No "twisted.web" access log lines: ours carry the request id and no query strings.
         self.noisy = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        self.channels.add(channel)
+        return channel
+
+    def close_idle_connections(self) -> None:
+        """At shutdown: drop kept-alive connections with no request in flight."""
+        busy = {getattr(r, "channel", None) for r in self.in_flight}
+        for channel in list(self.channels):
+            if channel not in busy and getattr(channel, "transport", None) is not None:
+                channel.transport.loseConnection()
 
     def log(self, request: http.Request) -> None:
         pass

@@ -77,7 +77,9 @@ class FederationQueueStore:
 
     async def destinations_with_pending(self) -> list[str]:
         def txn_fn(txn: Txn) -> list[str]:
-            rows = txn.execute("SELECT DISTINCT destination FROM federation_outbox").fetchall()
+            rows = txn.execute(
+                "SELECT DISTINCT destination FROM federation_outbox ORDER BY destination"
+            ).fetchall()
             return [r[0] for r in rows]
 
         return await self.db.run("federation_destinations_pending", txn_fn)

@@ -290,3 +290,16 @@ async def test_aliases(hs: RunningServer) -> None:
     assert r.status == 200
     r = await c.call("GET", f"/directory/room/{q(alias)}")
     assert (r.status, r.json()["errcode"]) == (404, "M_NOT_FOUND")
+
+
+@pytest_twisted.ensureDeferred
+async def test_trailing_slash_is_the_empty_state_key(hs: RunningServer) -> None:
+    c, alice, _ = await _setup(hs)
+    room = await _room(c, alice)
+    r = await c.call("PUT", f"/rooms/{q(room)}/state/m.room.topic/", {"topic": "slash"},
+                     token=alice.access_token)
+    assert r.status == 200, r.body
+    r = await c.call("GET", f"/rooms/{q(room)}/state/m.room.topic/", token=alice.access_token)
+    assert r.json() == {"topic": "slash"}
+    r = await c.call("GET", f"/rooms/{q(room)}/state/m.room.topic", token=alice.access_token)
+    assert r.json() == {"topic": "slash"}

@@ -229,6 +229,9 @@ def register(router: Router, s: Services) -> None:
     router.client("PUT", "/rooms/{roomId}/send/{eventType}/{txnId}", send)
     router.client("PUT", "/rooms/{roomId}/state/{eventType}/{stateKey}", put_state)
     router.client("PUT", "/rooms/{roomId}/state/{eventType}", put_state)
+    # A trailing slash names the empty state key explicitly.
+    router.client("PUT", "/rooms/{roomId}/state/{eventType}/", put_state)
+    router.client("GET", "/rooms/{roomId}/state/{eventType}/", get_state_event)
     router.client("GET", "/rooms/{roomId}/state", get_state)
     router.client("GET", "/rooms/{roomId}/state/{eventType}/{stateKey}", get_state_event)
     router.client("GET", "/rooms/{roomId}/state/{eventType}", get_state_event)
