@@ -59,10 +59,18 @@ class AddressPolicy:
 
     allow_private: bool = False
     allowlist: tuple[IPNetwork, ...] = ()
+    # Refused even when public (operators' extra blocked ranges); the allowlist still wins.
+    blocklist: tuple[IPNetwork, ...] = ()
 
     @classmethod
-    def with_allowlist(cls, networks: Iterable[str], allow_private: bool = False) -> AddressPolicy:
-        return cls(allow_private, tuple(ipaddress.ip_network(n, strict=False) for n in networks))
+    def with_allowlist(
+        cls, networks: Iterable[str], allow_private: bool = False, blocked: Iterable[str] = ()
+    ) -> AddressPolicy:
+        return cls(
+            allow_private,
+            tuple(ipaddress.ip_network(n, strict=False) for n in networks),
+            tuple(ipaddress.ip_network(n, strict=False) for n in blocked),
+        )
 
     def permits(self, host: str) -> bool:
         """Whether an IP address (string) may be connected to; hostnames are not judged here."""
@@ -70,9 +78,13 @@ class AddressPolicy:
             ip = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone index
         except ValueError:
             return True
-        if self.allow_private or not is_private_address(ip):
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in net for net in self.allowlist):
             return True
-        return any(ip in net for net in self.allowlist)
+        if any(ip in net for net in self.blocklist):
+            return False
+        return self.allow_private or not is_private_address(ip)
 
 
 @implementer(IHostnameResolver)

@@ -14,28 +14,20 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from twisted.internet import defer, protocol, threads
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import DNSLookupError
-from twisted.internet.interfaces import (
-    IAddress,
-    IHostnameResolver,
-    IHostResolution,
-    IReactorPluggableNameResolver,
-    IResolutionReceiver,
-)
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from zope.interface import implementer  # type: ignore[import-untyped]
 
+from federation.transport.net import AddressPolicy, guarded_reactor
 from homeserver.config.model import UrlPreviewConfig
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.services.media.remote import SingleFlight
@@ -51,101 +43,17 @@ USER_AGENT = b"Mozilla/5.0 (compatible; homeserver URL preview)"
 _MAX_VALUE_CHARS = 1000
 _MAX_DESCRIPTION_CHARS = 500
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # (image bytes, content type, requesting user) -> (mxc URI, width, height)
 StoreImage = Callable[[bytes, str | None, str], Awaitable[tuple[str, int | None, int | None]]]
 
 
-class AddressGuard:
-    """Which resolved addresses a preview may connect to: public unicast addresses not in
-    ``blocked``, and anything in ``allowed``. ``allow_private`` (the server-wide test switch)
-    lets private addresses through too."""
-
-    def __init__(self, allowed: Sequence[str], blocked: Sequence[str], allow_private: bool):
-        self.allowed = tuple(ipaddress.ip_network(n, strict=False) for n in allowed)
-        self.blocked = tuple(ipaddress.ip_network(n, strict=False) for n in blocked)
-        self.allow_private = allow_private
-
-    def permits(self, host: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if any(ip in net for net in self.allowed):
-            return True
-        if any(ip in net for net in self.blocked):
-            return False
-        private = not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
-        return self.allow_private or not private
-
-
-@implementer(IHostnameResolver)
-class _GuardedResolver:
-    """Passes on resolved addresses only if the guard permits every one of them."""
-
-    def __init__(self, resolver: Any, guard: AddressGuard) -> None:
-        self._resolver = resolver
-        self._guard = guard
-        self.refused: list[str] = []
-
-    def resolveHostName(
-        self,
-        resolutionReceiver: Any,
-        hostName: str,
-        portNumber: int = 0,
-        addressTypes: Sequence[type[IAddress]] | None = None,
-        transportSemantics: str = "TCP",
-    ) -> IHostResolution:
-        found: list[Any] = []
-        outer = self
-
-        @implementer(IResolutionReceiver)
-        class Receiver:
-            def resolutionBegan(self, resolution: IHostResolution) -> None:
-                resolutionReceiver.resolutionBegan(resolution)
-
-            def addressResolved(self, address: IAddress) -> None:
-                found.append(address)
-
-            def resolutionComplete(self) -> None:
-                refused = [
-                    a.host for a in found
-                    if isinstance(a, IPv4Address | IPv6Address) and not outer._guard.permits(a.host)
-                ]
-                if refused:
-                    logger.info("URL preview refused %s: it resolves to %s", hostName,
-                                ", ".join(refused))
-                    outer.refused.extend(refused)
-                else:
-                    for address in found:
-                        resolutionReceiver.addressResolved(address)
-                resolutionReceiver.resolutionComplete()
-
-        result: Any = self._resolver.resolveHostName(
-            Receiver(), hostName, portNumber, addressTypes, transportSemantics
-        )
-        return result
-
-
-@implementer(IReactorPluggableNameResolver)
-class _ReactorWithResolver:
-    """The reactor, resolving names through another resolver (as HostnameEndpoint does)."""
-
-    def __init__(self, reactor: Any, resolver: Any) -> None:
-        self._reactor = reactor
-        self._resolver = resolver
-
-    @property
-    def nameResolver(self) -> Any:
-        return self._resolver
-
-    def installNameResolver(self, resolver: Any) -> Any:
-        raise NotImplementedError("this view's resolver is fixed")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reactor, name)
+def address_policy(config: UrlPreviewConfig, allow_private: bool) -> AddressPolicy:
+    """Which resolved addresses a preview may connect to: public unicast addresses outside
+    the blocked ranges, plus the allowed ranges; ``allow_private`` (the server-wide test
+    switch) lets private addresses through too."""
+    return AddressPolicy.with_allowlist(
+        config.allowed_ip_ranges, allow_private, config.blocked_ip_ranges
+    )
 
 
 class _TooLarge(Exception):
@@ -325,8 +233,7 @@ class UrlPreviewer:
         store_image: StoreImage,
     ) -> None:
         self.config = config
-        self.guard = AddressGuard(config.allowed_ip_ranges, config.blocked_ip_ranges,
-                                  allow_private)
+        self.guard = address_policy(config, allow_private)
         self._reactor = reactor
         self._store_image = store_image
         self._cache: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
@@ -414,9 +321,9 @@ class UrlPreviewer:
     async def fetch(self, url: str) -> FetchedPage:
         """GET a URL under the guard, following redirects, reading at most the size cap."""
         for _ in range(MAX_REDIRECTS + 1):
-            resolver = _GuardedResolver(self._reactor.nameResolver, self.guard)
+            reactor, resolver = guarded_reactor(self._reactor, self.guard)
             agent = Agent(
-                _ReactorWithResolver(self._reactor, resolver),
+                reactor,
                 connectTimeout=self.config.timeout_seconds,
                 pool=HTTPConnectionPool(self._reactor, persistent=False),
             )
@@ -427,7 +334,7 @@ class UrlPreviewer:
             try:
                 response: Any = await agent.request(b"GET", url.encode("ascii"), headers)
             except DNSLookupError:
-                if resolver.refused:
+                if resolver.blocked:
                     raise MatrixError(
                         403, Codes.FORBIDDEN,
                         "This server may not fetch that address (a private or blocked range)",
