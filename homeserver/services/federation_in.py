@@ -426,6 +426,9 @@ class FederationRooms:
         for room_id, by_type in content.items():
             if not isinstance(by_type, dict):
                 continue
+            # A server the room's ACL denies may not move its receipts either (as Synapse).
+            if not await self.acl_allows(room_id, origin):
+                continue
             for receipt_type, by_user in by_type.items():
                 if receipt_type != "m.read" or not isinstance(by_user, dict):
                     continue

@@ -457,6 +457,10 @@ async def test_state_auth_and_backfill_served_to_peers_and_acl(
     await eventually(bob_message_settled)
     assert await sa.events.get_event(denied) is None
     assert "from a denied server" not in await messages(ca, alice, room_id)
+    # Nor may it move receipts in the room.
+    await sa.federation.on_edu("b.test", {"edu_type": "m.receipt", "content": {room_id: {
+        "m.read": {bob.user_id: {"event_ids": [last], "data": {"ts": 1}}}}}})
+    assert await sa.receipts.store.read_up_to(bob.user_id, room_id) is None
 
 
 @pytest_twisted.ensureDeferred
