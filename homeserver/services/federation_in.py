@@ -491,8 +491,11 @@ class FederationRooms:
             room_id, MEMBER, user_id, {"membership": "leave"}, user_id)
         return {"event": template, "room_version": rv.identifier}
 
-    async def send_leave(self, origin: str, room_id: str, event_id: str,
-                         pdu: JsonDict) -> JsonDict:
+    async def _accept_membership(
+        self, origin: str, room_id: str, event_id: str, pdu: JsonDict, membership: str
+    ) -> Event:
+        """send_join/send_leave: check the signed member event a peer built from our
+        template, then run it through the pipeline; 4xx unless it is accepted."""
         rv = await self.room_version(room_id)
         if rv is None:
             raise MatrixError(404, Codes.NOT_FOUND, f"Unknown room {room_id}")
@@ -500,15 +503,23 @@ class FederationRooms:
         try:
             event = await self.check_pdu(pdu, rv)
         except PduRejected as e:
-            raise MatrixError(400, Codes.BAD_JSON, f"Invalid leave event: {e.reason}") from None
+            raise MatrixError(400, Codes.BAD_JSON,
+                              f"Invalid {membership} event: {e.reason}") from None
         if (event.event_id != event_id or event.room_id != room_id or event.type != MEMBER
-                or event.membership != "leave" or event.state_key != event.sender):
-            raise MatrixError(400, Codes.BAD_JSON, "Not a leave event for this room")
+                or event.membership != membership or event.state_key != event.sender):
+            raise MatrixError(400, Codes.BAD_JSON, f"Not a {membership} event for this room")
         self._check_user_origin(origin, event.sender)
         result = await self.receive(origin, event)
         if result.verdict is not Verdict.ACCEPTED:
-            raise MatrixError(403, Codes.FORBIDDEN,
-                              f"The leave was not accepted: {result.reason or 'soft-failed'}")
+            raise MatrixError(
+                403, Codes.FORBIDDEN,
+                f"The {membership} was not accepted: {result.reason or 'soft-failed'}",
+            )
+        return event
+
+    async def send_leave(self, origin: str, room_id: str, event_id: str,
+                         pdu: JsonDict) -> JsonDict:
+        event = await self._accept_membership(origin, room_id, event_id, pdu, "leave")
         others = await self.destinations(room_id) - {origin}
         if others:
             await self.s.federation_sender.send_pdu(others, event.pdu_json())
@@ -516,22 +527,7 @@ class FederationRooms:
 
     async def send_join(self, origin: str, room_id: str, event_id: str,
                         pdu: JsonDict) -> JsonDict:
-        rv = await self.room_version(room_id)
-        if rv is None:
-            raise MatrixError(404, Codes.NOT_FOUND, f"Unknown room {room_id}")
-        await self.check_acl(room_id, origin)
-        try:
-            event = await self.check_pdu(pdu, rv)
-        except PduRejected as e:
-            raise MatrixError(400, Codes.BAD_JSON, f"Invalid join event: {e.reason}") from None
-        if (event.event_id != event_id or event.room_id != room_id or event.type != MEMBER
-                or event.membership != "join" or event.state_key != event.sender):
-            raise MatrixError(400, Codes.BAD_JSON, "Not a join event for this room")
-        self._check_user_origin(origin, event.sender)
-        result = await self.receive(origin, event)
-        if result.verdict is not Verdict.ACCEPTED:
-            raise MatrixError(403, Codes.FORBIDDEN,
-                              f"The join was not accepted: {result.reason or 'soft-failed'}")
+        event = await self._accept_membership(origin, room_id, event_id, pdu, "join")
         stored = await self.s.events.get_event(event.event_id)
         assert stored is not None
         state_ids = dict(await self.s.state_store.state_at_group(stored.state_group))
