@@ -24,9 +24,9 @@ from typing import TypeVar
 from federation.events import Event, StateKey
 from federation.state_res import EventCache, InMemoryAuthChains
 from homeserver.storage.engine import Txn
+from homeserver.storage.sql import chunks, marks
 
 # Rows per query when a list of IDs or ranges goes into SQL (SQLite's variable limit).
-_CHUNK = 500
 
 Position = tuple[int, int]  # (chain_id, seq)
 T = TypeVar("T")
@@ -42,22 +42,13 @@ class ChainEvent:
     auth: Sequence[tuple[int, StateKey]]
 
 
-def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def _placeholders(n: int) -> str:
-    return ",".join("?" * n)
-
-
 def positions_txn(txn: Txn, event_nids: Iterable[int]) -> dict[int, Position]:
     nids = list(set(event_nids))
     out: dict[int, Position] = {}
-    for chunk in _chunks(nids):
+    for chunk in chunks(nids):
         rows = txn.execute(
             "SELECT event_nid, chain_id, seq FROM event_auth_chains"
-            f" WHERE event_nid IN ({_placeholders(len(chunk))})",
+            f" WHERE event_nid IN ({marks(len(chunk))})",
             chunk,
         ).fetchall()
         for nid, chain, seq in rows:
@@ -69,11 +60,11 @@ def links_from_txn(txn: Txn, chains: Iterable[int]) -> dict[int, list[tuple[int,
     """origin chain -> [(origin_seq, target_chain, target_seq)]."""
     ids = list(set(chains))
     out: dict[int, list[tuple[int, int, int]]] = {c: [] for c in ids}
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         rows = txn.execute(
             "SELECT origin_chain, origin_seq, target_chain, target_seq"
             " FROM event_auth_chain_links"
-            f" WHERE origin_chain IN ({_placeholders(len(chunk))})",
+            f" WHERE origin_chain IN ({marks(len(chunk))})",
             chunk,
         ).fetchall()
         for oc, os_, tc, ts in rows:
@@ -84,10 +75,10 @@ def links_from_txn(txn: Txn, chains: Iterable[int]) -> dict[int, list[tuple[int,
 def _chain_tips_txn(txn: Txn, chains: Iterable[int]) -> dict[int, int]:
     ids = list(set(chains))
     out: dict[int, int] = {}
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         rows = txn.execute(
             "SELECT chain_id, MAX(seq) FROM event_auth_chains"
-            f" WHERE chain_id IN ({_placeholders(len(chunk))}) GROUP BY chain_id",
+            f" WHERE chain_id IN ({marks(len(chunk))}) GROUP BY chain_id",
             chunk,
         ).fetchall()
         out.update({int(c): int(s) for c, s in rows})
@@ -166,7 +157,7 @@ def _ids_in_ranges_txn(txn: Txn, ranges: dict[int, tuple[int, int]]) -> set[str]
     """Event IDs at lo < seq <= hi on each chain."""
     items = [(c, lo, hi) for c, (lo, hi) in ranges.items() if hi > lo]
     out: set[str] = set()
-    for chunk in _chunks(items, 300):
+    for chunk in chunks(items, 300):
         row = "(CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS BIGINT))"
         values = ",".join([row] * len(chunk))
         params = [v for item in chunk for v in item]
@@ -184,10 +175,10 @@ def _ids_in_ranges_txn(txn: Txn, ranges: dict[int, tuple[int, int]]) -> set[str]
 def _nids_of_txn(txn: Txn, event_ids: Iterable[str]) -> dict[str, int]:
     ids = list(set(event_ids))
     out: dict[str, int] = {}
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         rows = txn.execute(
             "SELECT event_id, event_nid FROM event_nids"
-            f" WHERE event_id IN ({_placeholders(len(chunk))})",
+            f" WHERE event_id IN ({marks(len(chunk))})",
             chunk,
         ).fetchall()
         out.update({r[0]: int(r[1]) for r in rows})

@@ -24,6 +24,7 @@ from homeserver.storage.cache import LruCache
 from homeserver.storage.engine import Database, Txn
 from homeserver.storage.relations import index_relations_txn
 from homeserver.storage.search import index_search_txn
+from homeserver.storage.sql import chunks, marks
 from homeserver.storage.state import (
     CurrentStateChange,
     KeyNids,
@@ -32,8 +33,6 @@ from homeserver.storage.state import (
 )
 
 EVENTS_STREAM = "events"
-_CHUNK = 500
-
 
 def encode_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -198,11 +197,10 @@ def _row_to_event(row: Sequence[Any]) -> StoredEvent:
 
 def get_events_txn(txn: Txn, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
     out: dict[str, StoredEvent] = {}
-    for i in range(0, len(event_ids), _CHUNK):
-        chunk = event_ids[i : i + _CHUNK]
+    for chunk in chunks(event_ids):
         rows = txn.execute(
             f"SELECT {_EVENT_COLUMNS}{_EVENT_FROM}"
-            f" WHERE n.event_id IN ({','.join('?' * len(chunk))})",
+            f" WHERE n.event_id IN ({marks(len(chunk))})",
             chunk,
         ).fetchall()
         for row in rows:
@@ -246,17 +244,15 @@ def _intern_event_ids_txn(
     new = set(new_ids)
     nids: dict[str, int] = {e: known[e] for e in referenced if e in known and e not in new}
     lookup = [e for e in set(referenced) if e not in nids and e not in new]
-    for i in range(0, len(lookup), _CHUNK):
-        chunk = lookup[i : i + _CHUNK]
+    for chunk in chunks(lookup):
         rows = txn.execute(
             f"SELECT event_id, event_nid FROM event_nids WHERE event_id IN"
-            f" ({','.join('?' * len(chunk))})",
+            f" ({marks(len(chunk))})",
             chunk,
         ).fetchall()
         nids.update({r[0]: int(r[1]) for r in rows})
     to_insert = [*dict.fromkeys(new_ids), *[e for e in lookup if e not in nids]]
-    for i in range(0, len(to_insert), _CHUNK):
-        chunk = to_insert[i : i + _CHUNK]
+    for chunk in chunks(to_insert):
         rows = txn.execute(
             f"INSERT INTO event_nids (event_id) VALUES {','.join(['(?)'] * len(chunk))}"
             " ON CONFLICT (event_id) DO NOTHING RETURNING event_id, event_nid",

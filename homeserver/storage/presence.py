@@ -9,11 +9,10 @@ from typing import Any
 
 from homeserver.storage import streams
 from homeserver.storage.engine import Database, Txn
+from homeserver.storage.sql import chunks, marks
 from homeserver.storage.state import joined_rooms_txn
 
 PRESENCE_STREAM = "presence"
-_CHUNK = 500
-
 
 @dataclass(frozen=True)
 class PresenceRow:
@@ -63,11 +62,10 @@ class PresenceStore:
     async def get(self, user_ids: Sequence[str]) -> dict[str, PresenceRow]:
         def txn_fn(txn: Txn) -> dict[str, PresenceRow]:
             out: dict[str, PresenceRow] = {}
-            for i in range(0, len(user_ids), _CHUNK):
-                chunk = list(user_ids[i : i + _CHUNK])
+            for chunk in chunks(user_ids):
                 rows = txn.execute(
                     f"SELECT {_COLUMNS} FROM presence"
-                    f" WHERE user_id IN ({','.join('?' * len(chunk))})",
+                    f" WHERE user_id IN ({marks(len(chunk))})",
                     chunk,
                 ).fetchall()
                 out.update({r[0]: _row(r) for r in rows})

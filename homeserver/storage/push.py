@@ -17,8 +17,8 @@ from typing import Any
 
 from homeserver.storage import streams
 from homeserver.storage.engine import Database, Txn
+from homeserver.storage.sql import chunks, marks
 
-_CHUNK = 500
 MAIN_THREAD = "main"
 
 
@@ -60,12 +60,10 @@ class RuleNotFound(Exception):
 
 def load_rules_txn(txn: Txn, user_ids: Sequence[str]) -> dict[str, UserRules]:
     out = {u: UserRules([], {}) for u in user_ids}
-    for i in range(0, len(user_ids), _CHUNK):
-        chunk = list(user_ids[i : i + _CHUNK])
-        marks = ",".join("?" * len(chunk))
+    for chunk in chunks(user_ids):
         for r in txn.execute(
             "SELECT user_id, kind, rule_id, priority, conditions, pattern, actions, enabled"
-            f" FROM push_rules WHERE user_id IN ({marks}) ORDER BY priority DESC",
+            f" FROM push_rules WHERE user_id IN ({marks(len(chunk))}) ORDER BY priority DESC",
             chunk,
         ).fetchall():
             out[r[0]].rules.append(StoredRule(
@@ -75,7 +73,7 @@ def load_rules_txn(txn: Txn, user_ids: Sequence[str]) -> dict[str, UserRules]:
             ))
         for r in txn.execute(
             "SELECT user_id, rule_id, enabled, actions FROM push_rule_defaults"
-            f" WHERE user_id IN ({marks})",
+            f" WHERE user_id IN ({marks(len(chunk))})",
             chunk,
         ).fetchall():
             out[r[0]].defaults[r[1]] = DefaultSetting(
@@ -181,12 +179,11 @@ def delete_user_rules_txn(txn: Txn, user_id: str) -> None:
 def memberships_txn(txn: Txn, event_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
     """event ID -> (state_key, membership) of member events."""
     out: dict[str, tuple[str, str]] = {}
-    for i in range(0, len(event_ids), _CHUNK):
-        chunk = list(event_ids[i : i + _CHUNK])
+    for chunk in chunks(event_ids):
         for r in txn.execute(
             "SELECT n.event_id, e.state_key, e.membership FROM events e"
             " JOIN event_nids n ON n.event_nid = e.event_nid"
-            f" WHERE n.event_id IN ({','.join('?' * len(chunk))})",
+            f" WHERE n.event_id IN ({marks(len(chunk))})",
             chunk,
         ).fetchall():
             if r[1] is not None and r[2] is not None:
@@ -271,9 +268,8 @@ def unread_counts_txn(
     if room_ids is None:
         collect(txn.execute(sql.format(rooms=""), (user_id,)).fetchall())
         return out
-    for i in range(0, len(room_ids), _CHUNK):
-        chunk = list(room_ids[i : i + _CHUNK])
-        rooms = f" AND a.room_id IN ({','.join('?' * len(chunk))})"
+    for chunk in chunks(room_ids):
+        rooms = f" AND a.room_id IN ({marks(len(chunk))})"
         collect(txn.execute(sql.format(rooms=rooms), (user_id, *chunk)).fetchall())
     return out
 

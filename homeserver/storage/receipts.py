@@ -14,14 +14,13 @@ from typing import Any
 
 from homeserver.storage import streams
 from homeserver.storage.engine import Database, Txn
+from homeserver.storage.sql import chunks, marks
 
 RECEIPTS_STREAM = "receipts"
 READ = "m.read"
 READ_PRIVATE = "m.read.private"
 READ_TYPES = (READ, READ_PRIVATE)
 UNTHREADED = ""
-_CHUNK = 500
-
 
 @dataclass(frozen=True)
 class Receipt:
@@ -128,11 +127,10 @@ class ReceiptStore:
 
         def txn_fn(txn: Txn) -> list[Receipt]:
             out: list[Receipt] = []
-            for i in range(0, len(room_ids), _CHUNK):
-                chunk = list(room_ids[i : i + _CHUNK])
+            for chunk in chunks(room_ids):
                 out.extend(_rows(txn.execute(
                     f"SELECT {_COLUMNS} FROM receipts WHERE stream_id > ? AND stream_id <= ?"
-                    f" AND room_id IN ({','.join('?' * len(chunk))})",
+                    f" AND room_id IN ({marks(len(chunk))})",
                     (since, to, *chunk),
                 ).fetchall()))
             out.sort(key=lambda r: r.stream_id)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from homeserver.storage.engine import Database, Txn
+from homeserver.storage.sql import chunks, marks
 
 if TYPE_CHECKING:
     from homeserver.storage.events import PersistRequest, Position
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
 # How deep ``recurse`` follows relations of relations (as Synapse).
 MAX_RECURSION = 3
 BUNDLED_TYPES = ("m.replace", "m.thread", "m.reference")
-_CHUNK = 500
-
 
 def relation_of(content: Mapping[str, Any]) -> tuple[str, str] | None:
     """(rel_type, event_id) of an event's ``m.relates_to``, if well formed."""
@@ -147,13 +146,12 @@ class RelationStore:
 
         def txn_fn(txn: Txn) -> list[RelatedEvent]:
             out: list[RelatedEvent] = []
-            for i in range(0, len(wanted), _CHUNK):
-                chunk = wanted[i : i + _CHUNK]
+            for chunk in chunks(wanted):
                 rows = txn.execute(
                     "SELECT n.event_id, r.relates_to, r.rel_type, e.depth, e.stream_ordering"
                     " FROM event_relations r JOIN events e ON e.event_nid = r.event_nid"
                     " JOIN event_nids n ON n.event_nid = r.event_nid"
-                    f" WHERE r.relates_to IN ({','.join('?' * len(chunk))})"
+                    f" WHERE r.relates_to IN ({marks(len(chunk))})"
                     f" AND r.rel_type IN ({','.join('?' * len(BUNDLED_TYPES))})" + _SHOWN
                     + " ORDER BY e.depth, e.stream_ordering",
                     [*chunk, *BUNDLED_TYPES, False],

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from federation.events import StateKey
 from homeserver.storage.cache import LruCache
 from homeserver.storage.engine import Database, Txn
+from homeserver.storage.sql import chunks, marks
 
 SNAPSHOT_INTERVAL = 100
 MEMBER = "m.room.member"
-_CHUNK = 400
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class KeyNids:
             else:
                 out[key] = nid
         if missing:
-            for chunk in _chunks(missing):
+            for chunk in chunks(missing):
                 rows = txn.execute(
                     "SELECT key_nid, type, state_key FROM state_keys WHERE "
                     + " OR ".join(["(type = ? AND state_key = ?)"] * len(chunk)),
@@ -137,11 +137,6 @@ class KeyNids:
             for key in missing:
                 self.by_key.set(key, out[key])
         return out
-
-
-def _chunks(items: Sequence[StateKey], size: int = _CHUNK) -> Iterable[Sequence[StateKey]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 # -- state groups ------------------------------------------------------------------------------
@@ -279,11 +274,10 @@ def current_state_txn(txn: Txn, room_id: str, state_filter: StateFilter) -> dict
 def joined_rooms_txn(txn: Txn, user_ids: Sequence[str]) -> list[str]:
     """The rooms any of these users is joined to (for waking /sync requests)."""
     out: set[str] = set()
-    for i in range(0, len(user_ids), _CHUNK):
-        chunk = list(user_ids[i : i + _CHUNK])
+    for chunk in chunks(user_ids):
         rows = txn.execute(
             "SELECT DISTINCT room_id FROM current_state WHERE type = ? AND membership = ?"
-            f" AND state_key IN ({','.join('?' * len(chunk))})",
+            f" AND state_key IN ({marks(len(chunk))})",
             (MEMBER, "join", *chunk),
         ).fetchall()
         out.update(r[0] for r in rows)

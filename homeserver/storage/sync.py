@@ -11,17 +11,11 @@ from typing import Any
 
 from homeserver.storage.engine import Database, Txn
 from homeserver.storage.events import _EVENT_COLUMNS, _EVENT_FROM, StoredEvent, _row_to_event
+from homeserver.storage.sql import chunks, marks
 
 MEMBER = "m.room.member"
-_CHUNK = 500
 
 
-def _chunks(items: Sequence[str]) -> list[list[str]]:
-    return [list(items[i : i + _CHUNK]) for i in range(0, len(items), _CHUNK)]
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
 
 
 @dataclass(frozen=True)
@@ -81,11 +75,11 @@ class SyncStore:
 
         def txn_fn(txn: Txn) -> dict[str, int]:
             out: dict[str, int] = {}
-            for chunk in _chunks(room_ids):
+            for chunk in chunks(room_ids):
                 rows = txn.execute(
                     "SELECT room_id, MAX(stream_ordering) FROM events"
                     " WHERE stream_ordering > ? AND stream_ordering <= ?"
-                    f" AND room_id IN ({_marks(len(chunk))}) GROUP BY room_id",
+                    f" AND room_id IN ({marks(len(chunk))}) GROUP BY room_id",
                     (since, to, *chunk),
                 ).fetchall()
                 out.update({r[0]: int(r[1]) for r in rows})
@@ -197,12 +191,12 @@ class SyncStore:
 
         def txn_fn(txn: Txn) -> set[str]:
             out: set[str] = set()
-            for chunk in _chunks(wanted):
+            for chunk in chunks(wanted):
                 rows = txn.execute(
                     "SELECT DISTINCT b.state_key FROM current_state a JOIN current_state b"
                     " ON b.room_id = a.room_id AND b.type = a.type"
                     " WHERE a.state_key = ? AND a.type = ? AND a.membership = ?"
-                    f" AND b.membership = ? AND b.state_key IN ({_marks(len(chunk))})",
+                    f" AND b.membership = ? AND b.state_key IN ({marks(len(chunk))})",
                     (user_id, MEMBER, "join", "join", *chunk),
                 ).fetchall()
                 out.update(r[0] for r in rows)
@@ -217,10 +211,10 @@ class SyncStore:
 
         def txn_fn(txn: Txn) -> set[str]:
             out: set[str] = set()
-            for chunk in _chunks(room_ids):
+            for chunk in chunks(room_ids):
                 rows = txn.execute(
                     "SELECT DISTINCT state_key FROM current_state WHERE type = ?"
-                    f" AND membership = ? AND room_id IN ({_marks(len(chunk))})",
+                    f" AND membership = ? AND room_id IN ({marks(len(chunk))})",
                     (MEMBER, "join", *chunk),
                 ).fetchall()
                 out.update(r[0] for r in rows)
@@ -238,11 +232,11 @@ class SyncStore:
 
         def txn_fn(txn: Txn) -> list[tuple[str, str, str, int]]:
             out: list[tuple[str, str, str, int]] = []
-            for chunk in _chunks(room_ids):
+            for chunk in chunks(room_ids):
                 rows = txn.execute(
                     "SELECT room_id, state_key, membership, stream_ordering FROM events"
                     " WHERE stream_ordering > ? AND stream_ordering <= ?"
-                    f" AND room_id IN ({_marks(len(chunk))}) AND type = ?"
+                    f" AND room_id IN ({marks(len(chunk))}) AND type = ?"
                     " AND membership IS NOT NULL AND rejected IS NULL AND NOT soft_failed",
                     (since, to, *chunk, MEMBER),
                 ).fetchall()
