@@ -146,3 +146,37 @@ def build_event(
     except PduRejected as e:
         raise EventBuildError(e.reason) from None
     return Event(pdu, room_version)
+
+
+def membership_from_template(
+    *,
+    room_version: RoomVersion,
+    template: Any,
+    room_id: str,
+    user_id: str,
+    content: JsonDict,
+    origin_server_ts: int,
+    signing_key: SigningKey,
+    server_name: str,
+) -> Event:
+    """Our signed membership event from a resident server's ``make_join`` / ``make_leave`` /
+    ``make_knock`` template: only the template's DAG fields are taken (type, room, sender,
+    state key, depth, prev and auth events), and it must be for ``user_id``'s membership in
+    ``room_id``; ``content`` (with its ``membership``) is ours. Raises EventBuildError for a
+    template about something else."""
+    if not isinstance(template, dict):
+        raise EventBuildError("the template is not an object")
+    pdu: JsonDict = {
+        k: template[k] for k in ("type", "room_id", "sender", "state_key", "depth",
+                                 "prev_events", "auth_events") if k in template
+    }
+    if (pdu.get("type") != "m.room.member" or pdu.get("sender") != user_id
+            or pdu.get("state_key") != user_id or pdu.get("room_id") != room_id):
+        raise EventBuildError("the template is for another event than this membership")
+    pdu["content"] = dict(content)
+    pdu["origin_server_ts"] = origin_server_ts
+    if room_version.event_format is EventFormat.V1:
+        # v1/v2: the sending server names its event (a template carries no ID).
+        pdu["event_id"] = f"${_random_localpart()}:{server_name}"
+    return Event(sign_event(add_hashes(pdu), room_version, signing_key, server_name),
+                 room_version)

@@ -9,12 +9,18 @@ from typing import Any
 from twisted.internet import defer, task
 
 from homeserver import metrics, signing_key, tls
+from homeserver.api import health as health_api
 from homeserver.api import media, versions
 from homeserver.api.admin import event_reports as admin_event_reports
+from homeserver.api.admin import federation as admin_federation
 from homeserver.api.admin import media as admin_media
+from homeserver.api.admin import notices as admin_notices
 from homeserver.api.admin import registration as admin_registration
+from homeserver.api.admin import rooms as admin_rooms
+from homeserver.api.admin import users as admin_users
 from homeserver.api.client import (
     account_data,
+    appservice,
     capabilities,
     devices,
     directory,
@@ -23,19 +29,28 @@ from homeserver.api.client import (
     key_backup,
     keys,
     membership,
+    mutual_rooms,
+    openid,
+    peeking,
     profile,
     push,
     relations,
     room_events,
     room_reports,
     search,
+    server_info,
     session,
     tags,
+    threepid,
     to_device,
     upgrade,
+    user_reports,
 )
 from homeserver.api.client import sync as sync_api
+from homeserver.api.federation import directory as federation_directory
+from homeserver.api.federation import extras as federation_extras
 from homeserver.api.federation import keys as federation_keys
+from homeserver.api.federation import media as federation_media
 from homeserver.api.federation import queries as federation_queries
 from homeserver.api.federation import rooms as federation_rooms
 from homeserver.api.federation import user_keys as federation_user_keys
@@ -81,22 +96,31 @@ class HomeServer:
         # Everything that reads the database at start runs before the listeners open, so a
         # signal arriving as soon as /health answers cannot interrupt start-up half-way.
         await self.services.federation_sender.start()
+        await self.services.federation.catch_up_outbox()
+        await self.services.admin.start()
+        await self.services.appservices.start(self.services.rooms.serialize,
+                                              self.services.typing.typing_users)
         self._listen()
         await self.services.presence.start()
         await self.services.push.start()
 
     def _register_routes(self, services: Services) -> None:
         versions.register(self.router, self.config)
-        metrics.register(self.router)
-        for module in (session, devices, profile, account_data, capabilities,
+        metrics.register(self.router, services, self.reactor)
+        health_api.register(self.router, services, self.reactor)
+        for module in (session, appservice, devices, profile, account_data, capabilities,
                        room_events, membership, directory, relations, upgrade,
                        room_reports, admin_event_reports, search, hierarchy,
                        sync_api, ephemeral, tags,
-                       push,
+                       push, threepid,
                        keys, to_device, key_backup,
                        admin_registration, federation_keys, federation_queries,
-                       federation_rooms, federation_user_keys,
-                       media, admin_media):
+                       federation_rooms, federation_user_keys, federation_media,
+                       federation_directory, openid,
+                       server_info, mutual_rooms, federation_extras, peeking,
+                       user_reports,
+                       media, admin_media,
+                       admin_users, admin_rooms, admin_federation, admin_notices):
             module.register(self.router, services)
 
     def _listen(self) -> None:
@@ -106,6 +130,7 @@ class HomeServer:
                 frozenset(listener.resources),
                 self.config.max_json_body_bytes,
                 x_forwarded=listener.x_forwarded,
+                max_concurrent_per_client=self.config.max_concurrent_requests_per_client,
             )
             if listener.tls:
                 ctx = tls.server_context(
@@ -136,7 +161,7 @@ class HomeServer:
             self.services.presence.stop()
             self.services.typing.close()
         waited = 0.0
-        while any(site.in_flight for site in self.sites) and waited < SHUTDOWN_GRACE_SECONDS:
+        while any(site.busy() for site in self.sites) and waited < SHUTDOWN_GRACE_SECONDS:
             await task.deferLater(self.reactor, 0.05, lambda: None)
             waited += 0.05
         for site in self.sites:
@@ -146,7 +171,9 @@ class HomeServer:
             logger.warning("closing %d requests still in flight after %.0fs", remaining, waited)
         if self.services is not None:
             await self.services.federation_sender.stop()
+            await self.services.appservices.stop()
             await self.services.push.stop()
+            self.services.admin.stop()
             await self.services.federation_client.close()
         if self.db is not None:
             await self.db.close()

@@ -24,6 +24,14 @@ def _host_port(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _static_server(value: str) -> tuple[str, str]:
+    name, sep, target = value.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=HOST:PORT, got {value!r}")
+    _host_port(target)  # validates
+    return name, target
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="homeserver", description="A Matrix homeserver.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -47,10 +55,30 @@ def _parser() -> argparse.ArgumentParser:
                         "rooms, cheapest password hashing")
     g.add_argument("--app-service", action="append", default=[], metavar="FILE",
                    help="register an application service from its registration YAML")
+    g.add_argument("--metrics-listen", type=_host_port, metavar="HOST:PORT",
+                   help="serve /metrics on a listener of its own (default: on the client one)")
+    g.add_argument("--static-server", type=_static_server, action="append", default=[],
+                   metavar="NAME=HOST:PORT",
+                   help="reach this server name at HOST:PORT, bypassing discovery "
+                        "(closed set-ups and demos; repeatable)")
     g.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
 
     r = sub.add_parser("run", help="start the server")
     r.add_argument("--config", "-c", required=True, metavar="FILE")
+    r.add_argument("--check-config", action="store_true",
+                   help="only load and validate the config: exit 0 if it is good, else 1")
+
+    cc = sub.add_parser("check-config",
+                        help="load and validate a config: exit 0 if it is good, else 1 with "
+                             "the key at fault")
+    cc.add_argument("config", metavar="FILE")
+
+    b = sub.add_parser("backup", help="a consistent backup of a (possibly running) server: "
+                                      "database, signing key, media")
+    b.add_argument("--config", "-c", required=True, metavar="FILE")
+    b.add_argument("--output", "-o", required=True, metavar="DIR",
+                   help="a new or empty directory to write the backup into")
+    b.add_argument("--no-media", action="store_true", help="leave the media files out")
 
     u = sub.add_parser(
         "register-user",
@@ -69,7 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "generate-config":
             return _generate_config(args)
         if args.command == "run":
+            if args.check_config:
+                return _check_config(args.config)
             return _run(args.config)
+        if args.command == "check-config":
+            return _check_config(args.config)
+        if args.command == "backup":
+            return _backup(args)
         if args.command == "register-user":
             return _register_user(args)
     except ConfigError as e:
@@ -98,19 +132,51 @@ def _generate_config(args: argparse.Namespace) -> int:
             dev_federation=args.dev_federation,
             testing=args.testing,
             app_services=args.app_service,
+            static_servers=dict(args.static_server),
+            metrics_listen=args.metrics_listen,
         )
     )
     # Validate what we write, so a bad --server-name fails here, not at first start.
     import yaml
 
     from homeserver.config import parse_config
+    from homeserver.services.appservice.registration import load_registrations
 
-    parse_config(yaml.safe_load(text))
+    written = parse_config(yaml.safe_load(text))
+    # The registration files too: a bad one is named now rather than at first start.
+    load_registrations(written.app_service_config_files, written.server_name,
+                       allow_private=written.app_services_may_use_private_addresses)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _check_config(path: str) -> int:
+    from homeserver.config_check import check_config, summary
+
+    try:
+        config = check_config(path)
+    except ConfigError as e:
+        print(f"homeserver: config error: {e}", file=sys.stderr)
+        return 1
+    print(f"{path}: OK ({summary(config)})")
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from homeserver.backup import BackupError, backup
+
+    config = load_config(args.config)
+    try:
+        manifest = backup(config, args.output, media=not args.no_media)
+    except BackupError as e:
+        print(f"homeserver: backup failed: {e}", file=sys.stderr)
+        return 1
+    print(f"backup of {config.server_name} written to {args.output}: "
+          + ", ".join(manifest["contents"]))
     return 0
 
 
@@ -124,7 +190,7 @@ def _run(config_path: str) -> int:
     from homeserver.app import HomeServer
     from homeserver.logging_setup import setup_logging
 
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_file, config.log_format)
     hs = HomeServer(config, reactor)
     exit_code = [0]
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from signedjson.types import SigningKey
 from twisted.internet import defer
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.internet.protocol import Protocol, connectionDone
@@ -56,6 +57,10 @@ WELL_KNOWN_TIMEOUT_S = 30.0
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 QueryArgs = Mapping[str, str | Sequence[str]]
+# Streamed answers: called with the status and headers (names lower-cased) of a 2xx answer,
+# returns what receives the body's bytes.
+BodyStart = Callable[[int, Mapping[str, list[str]]], Callable[[bytes], object]]
+MAX_ERROR_BODY = 64 * 1024
 # Called with the destination before anything is sent; raises NotRetryingDestination to
 # refuse (the homeserver's backoff policy).
 DestinationGate = Callable[[str], Awaitable[None]]
@@ -131,6 +136,9 @@ class TransportOptions:
     address_allowlist: tuple[str, ...] = ()  # CIDR networks always reachable
     trust_root: Any = None  # IOpenSSLTrustRoot; None means the system CA store
     max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
+    # Requests in flight to one destination; more wait their turn (a slow peer holds at most
+    # this many connections and callers, whatever asks it for what).
+    max_concurrent_per_destination: int = 16
     timeout_s: float = DEFAULT_TIMEOUT_S
     user_agent: str = "homeserver"
     static_map: Mapping[str, str] = field(default_factory=dict)  # server name -> host:port
@@ -172,6 +180,9 @@ class FederationClient:
         self._addresses = self.options.address_policy()
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._gate = gate
+        self._slots: dict[str, DeferredSemaphore] = {}
+        # For URLs other servers point us to (media Location parts), made on first use.
+        self._plain_agent: Agent | None = None
         if resolver is None:
             fetcher = HttpWellKnownFetcher(
                 reactor, self._tls, self._addresses, user_agent=self.options.user_agent
@@ -244,11 +255,135 @@ class FederationClient:
             await self._gate(destination)
         timeout = self.options.timeout_s if timeout_s is None else timeout_s
         limit = self.options.max_response_size if max_response_size is None else max_response_size
+        async with self._slot(destination):
+            return await self._timed_request(method, destination, uri, content, limit, timeout)
+
+    @asynccontextmanager
+    async def _slot(self, destination: str) -> AsyncIterator[None]:
+        slot = self._slots.get(destination)
+        if slot is None:
+            slot = DeferredSemaphore(self.options.max_concurrent_per_destination)
+            self._slots[destination] = slot
+        await slot.acquire()
+        try:
+            yield
+        finally:
+            slot.release()
+            if slot.tokens == slot.limit and not slot.waiting:
+                # Idle: forget it, so the map holds only destinations in use.
+                self._slots.pop(destination, None)
+
+    def in_flight(self, destination: str) -> int:
+        """Requests to ``destination`` running now (not those waiting for a slot)."""
+        slot = self._slots.get(destination)
+        return 0 if slot is None else slot.limit - slot.tokens
+
+    async def _timed_request(self, method: str, destination: str, uri: str, content: Any,
+                             limit: int, timeout: float) -> Any:
         d = Deferred.fromCoroutine(self._request(method, destination, uri, content, limit))
         try:
             return await _with_timeout(d, timeout, self._reactor)
         except _TimedOut:
             raise RequestTimedOut(destination, f"no response within {timeout}s") from None
+
+    async def get_stream(
+        self,
+        destination: str,
+        path: str,
+        args: QueryArgs | None,
+        start: BodyStart,
+        *,
+        timeout_s: float | None = None,
+    ) -> None:
+        """A signed GET whose 2xx body is streamed: ``start(code, headers)`` is called when
+        the headers are in and returns the callback that gets the body's bytes as they
+        arrive. An exception from either stops the transfer (the connection is dropped) and
+        propagates. A non-2xx answer raises HttpResponseError (its body read up to
+        ``MAX_ERROR_BODY``). ``timeout_s`` bounds the whole exchange, body included."""
+        uri = request_target(path, args)
+        if self._gate is not None:
+            await self._gate(destination)
+        timeout = self.options.timeout_s if timeout_s is None else timeout_s
+        async with self._slot(destination):
+            d = Deferred.fromCoroutine(self._stream(destination, uri, start))
+            try:
+                await _with_timeout(d, timeout, self._reactor)
+            except _TimedOut:
+                raise RequestTimedOut(
+                    destination, f"no complete response within {timeout}s") from None
+
+    async def get_url_stream(
+        self,
+        url: str,
+        start: BodyStart,
+        *,
+        timeout_s: float | None = None,
+        max_redirects: int = 5,
+    ) -> None:
+        """An unsigned GET of an https URL another server pointed us to (a media
+        ``Location``), streamed like ``get_stream``; redirects followed by hand, https only,
+        every address checked by the address policy. Errors carry the URL's host."""
+        timeout = self.options.timeout_s if timeout_s is None else timeout_s
+        d = Deferred.fromCoroutine(self._stream_url(url, start, max_redirects))
+        host = urllib.parse.urlsplit(url).hostname or url
+        try:
+            await _with_timeout(d, timeout, self._reactor)
+        except _TimedOut:
+            raise RequestTimedOut(host, f"no complete response within {timeout}s") from None
+
+    async def _stream(self, destination: str, uri: str, start: BodyStart) -> None:
+        try:
+            resolution = await self.resolver.resolve(destination)
+        except DiscoveryError as e:
+            raise RequestFailed(destination, f"cannot resolve: {e}") from e
+        headers = Headers()
+        headers.addRawHeader(b"Host", resolution.host_header.encode("ascii"))
+        headers.addRawHeader(b"User-Agent", self.options.user_agent.encode("utf-8"))
+        auth = authorization_header(
+            self._signing_key, self._server_name, destination, "GET", uri, None
+        )
+        headers.addRawHeader(b"Authorization", auth.encode("utf-8"))
+        agent = Agent.usingEndpointFactory(
+            self._reactor, _ResolvedEndpointFactory(self, resolution), pool=self._pool
+        )
+        url = b"matrix-federation://" + destination.encode("utf-8").hex().encode() + uri.encode()
+        try:
+            response = await agent.request(b"GET", url, headers, None)
+        except FederationClientError:
+            raise
+        except Exception as e:
+            if _cancelled(e):
+                raise CancelledError() from e
+            raise RequestFailed(destination, f"GET {uri} failed: {_describe(e)}") from e
+        await _deliver(destination, response, start)
+
+    async def _stream_url(self, url: str, start: BodyStart, max_redirects: int) -> None:
+        if self._plain_agent is None:
+            guarded, _ = guarded_reactor(self._reactor, self._addresses)
+            self._plain_agent = Agent(guarded, contextFactory=self._tls, pool=self._pool)
+        for _ in range(max_redirects + 1):
+            parts = urllib.parse.urlsplit(url)
+            host = parts.hostname or ""
+            if parts.scheme != "https" or not host:
+                raise RequestFailed(host or url, f"refusing to fetch non-https URL {url!r}")
+            if not self._addresses.permits(host):
+                raise BlockedAddress(host, f"{host} is a private address")
+            headers = Headers({b"User-Agent": [self.options.user_agent.encode("utf-8")]})
+            try:
+                response = await self._plain_agent.request(b"GET", url.encode("ascii"), headers)
+            except Exception as e:
+                if _cancelled(e):
+                    raise CancelledError() from e
+                raise RequestFailed(host, f"GET {url} failed: {_describe(e)}") from e
+            location = response.headers.getRawHeaders(b"location")
+            if response.code in _REDIRECT_STATUSES and location:
+                await _discard(response)
+                url = urllib.parse.urljoin(url, location[-1].decode("ascii", "replace"))
+                continue
+            await _deliver(host, response, start)
+            return
+        raise RequestFailed(urllib.parse.urlsplit(url).hostname or url,
+                            f"more than {max_redirects} redirects")
 
     async def close(self) -> None:
         """Close pooled connections (e.g. at shutdown, or between tests)."""
@@ -504,6 +639,101 @@ class _LimitedBodyReader(Protocol):
     def stop(self) -> None:
         if self.transport is not None:
             self.transport.stopProducing()
+
+
+class _StreamingBodyReader(Protocol):
+    """Hands a response body to a callback as it arrives; if the callback raises, the
+    connection is dropped and the transfer fails with that exception."""
+
+    def __init__(self, finished: Deferred[None], on_data: Callable[[bytes], object]):
+        self._finished = finished
+        self._on_data = on_data
+        self.done = False
+        self.callback_error: Exception | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done:
+            return
+        try:
+            self._on_data(data)
+        except Exception as e:
+            self.done = True
+            self.callback_error = e
+            self._finished.errback(Failure())
+            self.stop()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done:
+            return
+        self.done = True
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._finished.callback(None)
+        else:
+            self._finished.errback(reason)
+
+    def stop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+def _refuse(data: bytes) -> None:
+    raise CancelledError()
+
+
+def _header_map(response: Any) -> dict[str, list[str]]:
+    return {
+        name.decode("latin-1").lower(): [v.decode("latin-1") for v in values]
+        for name, values in response.headers.getAllRawHeaders()
+    }
+
+
+async def _discard(response: Any) -> None:
+    try:
+        await read_body(response, MAX_ERROR_BODY)
+    except Exception:
+        pass
+
+
+async def _deliver(destination: str, response: Any, start: BodyStart) -> None:
+    """A 2xx body to ``start``'s callback; otherwise HttpResponseError."""
+    if not 200 <= response.code < 300:
+        try:
+            raw = await read_body(response, MAX_ERROR_BODY)
+        except Exception as e:
+            if _cancelled(e):
+                raise CancelledError() from e
+            raw = b""
+        try:
+            parsed: Any = decode_json(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            parsed = None
+        raise HttpResponseError(destination, response.code, parsed, raw)
+    try:
+        on_data = start(response.code, _header_map(response))
+    except Exception:
+        # Not reading the body: drop the connection rather than leave it half-read.
+        dropped: Deferred[None] = Deferred()
+        dropped.addErrback(lambda _f: None)
+        response.deliverBody(_StreamingBodyReader(dropped, _refuse))
+        raise
+    if response.length == 0:
+        return
+
+    def cancel(d: Deferred[None]) -> None:
+        reader.done = True
+        reader.stop()
+
+    finished: Deferred[None] = Deferred(cancel)
+    reader = _StreamingBodyReader(finished, on_data)
+    response.deliverBody(reader)
+    try:
+        await finished
+    except Exception as e:
+        if e is reader.callback_error:
+            raise
+        if _cancelled(e):
+            raise CancelledError() from e
+        raise RequestFailed(destination, f"reading the response failed: {_describe(e)}") from e
 
 
 def read_body(response: Any, limit: int) -> Deferred[bytes]:

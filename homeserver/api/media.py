@@ -17,6 +17,7 @@ from homeserver.http.request import HomeserverRequest
 from homeserver.http.router import JsonResponse, Router
 from homeserver.http.site import FileResponse
 from homeserver.http.validation import query_int
+from homeserver.services.auth import Requester
 from homeserver.services.registry import Services
 from homeserver.storage.media import Media, Thumbnail
 
@@ -46,8 +47,8 @@ _TOKEN_CHARS = frozenset(
 )
 # RFC 5987 attr-char beyond letters and digits (quote() keeps those and "_.-~").
 _ATTR_SAFE = "!#$&+^`|"
-_THUMBNAIL_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif",
-                         "image/webp": "webp"}
+THUMBNAIL_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif",
+                        "image/webp": "webp"}
 
 
 def content_disposition(kind: str, filename: str | None) -> str:
@@ -79,7 +80,7 @@ def _secure(request: HomeserverRequest) -> None:
         request.setHeader(name, value)
 
 
-def _bool_param(request: HomeserverRequest, name: str, default: bool) -> bool:
+def bool_param(request: HomeserverRequest, name: str, default: bool) -> bool:
     raw = request.query_param(name)
     if raw is None:
         return default
@@ -88,7 +89,7 @@ def _bool_param(request: HomeserverRequest, name: str, default: bool) -> bool:
     return raw == "true"
 
 
-def _timeout_ms(request: HomeserverRequest) -> int | None:
+def timeout_param(request: HomeserverRequest) -> int | None:
     raw = request.query_param("timeout_ms")
     if raw is None:
         return None
@@ -116,7 +117,7 @@ def register(router: Router, s: Services) -> None:
         return FileResponse(200, f, length, ctype)
 
     def _send_thumbnail(request: HomeserverRequest, t: Thumbnail, legacy: bool) -> FileResponse:
-        ext = _THUMBNAIL_EXTENSIONS.get(t.media_type, "bin")
+        ext = THUMBNAIL_EXTENSIONS.get(t.media_type, "bin")
         request.setHeader(b"Content-Disposition", f"inline; filename=thumbnail.{ext}".encode())
         _cache_control(request, legacy)
         f, length = s.media.open(t.sha256)
@@ -124,9 +125,15 @@ def register(router: Router, s: Services) -> None:
 
     # -- uploads -------------------------------------------------------------------------------
 
+    def _rate_limit(requester: Requester) -> None:
+        # Uploads and reservations share one bucket (a reservation is an upload to come).
+        if requester.rate_limited:
+            s.ratelimits.media_uploads_per_user.check(requester.user_id)
+
     async def upload(request: HomeserverRequest) -> JsonResponse:
         _secure(request)
         requester = await s.auth.authenticate(request)
+        _rate_limit(requester)
         content = request.content
         if content is None:
             raise MatrixError(400, Codes.MISSING_PARAM, "No content uploaded")
@@ -139,6 +146,7 @@ def register(router: Router, s: Services) -> None:
     async def create(request: HomeserverRequest) -> JsonResponse:
         _secure(request)
         requester = await s.auth.authenticate(request)
+        _rate_limit(requester)
         uri, expires = await s.media.create(requester.user_id)
         return 200, {"content_uri": uri, "unused_expires_at": expires}
 
@@ -163,8 +171,8 @@ def register(router: Router, s: Services) -> None:
             await s.auth.authenticate(request, allow_guest=True)
         media = await s.media.get_media(
             server_name, media_id, legacy=legacy,
-            allow_remote=_bool_param(request, "allow_remote", True),
-            timeout_ms=_timeout_ms(request),
+            allow_remote=bool_param(request, "allow_remote", True),
+            timeout_ms=timeout_param(request),
         )
         return _send_media(request, media, file_name, legacy)
 
@@ -173,15 +181,15 @@ def register(router: Router, s: Services) -> None:
         _secure(request)
         if not legacy:
             await s.auth.authenticate(request, allow_guest=True)
-        width, height = _dimension(request, "width"), _dimension(request, "height")
+        width, height = dimension_param(request, "width"), dimension_param(request, "height")
         method = request.query_param("method") or "scale"
         if method not in ("crop", "scale"):
             raise MatrixError(400, Codes.INVALID_PARAM, "method must be crop or scale")
         thumbnail = await s.media.get_thumbnail(
             server_name, media_id, width, height, method,
-            _bool_param(request, "animated", False), legacy=legacy,
-            allow_remote=_bool_param(request, "allow_remote", True),
-            timeout_ms=_timeout_ms(request),
+            bool_param(request, "animated", False), legacy=legacy,
+            allow_remote=bool_param(request, "allow_remote", True),
+            timeout_ms=timeout_param(request),
         )
         return _send_thumbnail(request, thumbnail, legacy)
 
@@ -246,7 +254,7 @@ def register(router: Router, s: Services) -> None:
                    resource="media")
 
 
-def _dimension(request: HomeserverRequest, name: str) -> int:
+def dimension_param(request: HomeserverRequest, name: str) -> int:
     raw = request.query_param(name)
     if raw is None:
         raise MatrixError(400, Codes.MISSING_PARAM, f"Missing parameter: {name}")

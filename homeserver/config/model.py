@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -11,11 +12,18 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from federation.room_versions import KNOWN_ROOM_VERSIONS
+from homeserver.config.client_extras import (
+    SupportConfig,
+    VoipConfig,
+    parse_support,
+    parse_voip,
+)
 from homeserver.config.errors import ConfigError
 from homeserver.config.reader import Section
 
 RESOURCES = ("client", "federation", "keys", "media", "metrics", "admin")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,12 @@ class FederationConfig:
     # Server names or glob patterns: None allows every server not blocked.
     allowed_servers: tuple[str, ...] | None = None
     blocked_servers: tuple[str, ...] = ()
+    # Bounds on every outbound federation request: the whole exchange (connect, headers,
+    # body) within this many seconds, a response body of at most this many bytes.
+    request_timeout_seconds: int = 60
+    max_response_bytes: int = 50 * 1024 * 1024
+    # Requests in flight to one server; more wait for a free slot.
+    max_concurrent_requests_per_destination: int = 16
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,7 @@ class RateLimitConfig:
     login_failures_per_account: RateLimit = RateLimit(0.17, 3)
     registration_per_address: RateLimit = RateLimit(0.17, 3)
     messages_per_user: RateLimit = RateLimit(0.2, 10)
+    media_uploads_per_user: RateLimit = RateLimit(1.0, 20)
 
 
 @dataclass(frozen=True)
@@ -150,6 +165,8 @@ class MediaConfig:
     max_remote_bytes: int = 50 * 1024 * 1024
     max_concurrent_remote_fetches: int = 10
     url_preview: UrlPreviewConfig = UrlPreviewConfig()
+    # Bytes of uploads a user may keep (None: no quota); past it, uploads get 403 M_FORBIDDEN.
+    max_storage_bytes_per_user: int | None = None
 
 
 
@@ -188,6 +205,56 @@ class PushConfig:
 
 
 @dataclass(frozen=True)
+class EmailConfig:
+    # Email addresses on accounts (validation, password reset, login) and email
+    # notifications, sent through this SMTP server. Off: the email endpoints answer
+    # M_THREEPID_MEDIUM_NOT_SUPPORTED.
+    enabled: bool = False
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    # "starttls" (required), "tls" (implicit TLS, usually port 465) or "none".
+    tls: str = "starttls"
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    from_address: str = "Matrix <noreply@localhost>"
+    app_name: str = "Matrix"
+    validation_token_lifetime_ms: int = 3600 * 1000
+    # Send email notifications (email pushers) at all, and how long a notification waits
+    # unread before it is mailed (others arriving meanwhile join the same email).
+    enable_notifications: bool = True
+    notification_delay_ms: int = 10 * 60 * 1000
+
+
+@dataclass(frozen=True)
+class ServerNoticesConfig:
+    # The localpart of the user that sends server notices; None: server notices are off.
+    system_mxid_localpart: str | None = None
+    system_mxid_display_name: str = "Server Notices"
+    system_mxid_avatar_url: str | None = None
+    room_name: str = "Server Notices"
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    # Purge message events older than their room's max_lifetime (services/retention.py).
+    enabled: bool = False
+    # The policy of rooms without m.room.retention (None: kept for ever).
+    default_min_lifetime_ms: int | None = None
+    default_max_lifetime_ms: int | None = None
+    # A room's max_lifetime outside these bounds is clamped to them.
+    allowed_lifetime_min_ms: int | None = None
+    allowed_lifetime_max_ms: int | None = None
+    purge_interval_ms: int = 12 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    # Every in-memory cache's size is multiplied by this; ``sizes`` sets one cache by name.
+    global_factor: float = 1.0
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     server_name: str
     data_dir: str
@@ -210,11 +277,38 @@ class Config:
     media: MediaConfig
     log_level: str
     source_path: str | None = None
+    # Application-service URLs may be on loopback/private addresses (bridges beside us).
+    app_service_allow_private_addresses: bool = False
+
+    @property
+    def app_services_may_use_private_addresses(self) -> bool:
+        """Registration files are the operator's: their URLs may be private when the
+        operator says so for them alone, or for all outbound requests (--dev-federation)."""
+        return self.app_service_allow_private_addresses or \
+            self.outbound.allow_private_addresses
     # The key paths the reader knows, so tests can check the sample documents all of them.
     known_keys: frozenset[str] = frozenset()
     encryption: EncryptionConfig = EncryptionConfig()
     presence: PresenceConfig = PresenceConfig()
     push: PushConfig = PushConfig()
+    email: EmailConfig = EmailConfig()
+    server_notices: ServerNoticesConfig = ServerNoticesConfig()
+    retention: RetentionConfig = RetentionConfig()
+    # Serve our public room directory to other servers (off by default, as in Synapse).
+    public_rooms_over_federation: bool = False
+    # Log to this file (reopened when log rotation moves it) instead of stderr; "text" lines
+    # or one JSON object per line.
+    log_file: str | None = None
+    log_format: str = "text"
+
+    # Requests in flight per access token; more get 429.
+    max_concurrent_requests_per_client: int = 100
+    caches: CacheConfig = CacheConfig()
+    # A device's to-device inbox keeps this many of its newest messages.
+    max_to_device_messages_per_device: int = 10_000
+    # /.well-known/matrix/support and /voip/turnServer.
+    support: SupportConfig = field(default_factory=SupportConfig)
+    voip: VoipConfig = field(default_factory=VoipConfig)
 
     def listener_for(self, resource: str) -> ListenerConfig | None:
         for listener in self.listeners:
@@ -291,6 +385,9 @@ def parse_config(data: Any, source_path: str | None = None) -> Config:
             rl, "registration_per_address", defaults.registration_per_address
         ),
         messages_per_user=_rate(rl, "messages_per_user", defaults.messages_per_user),
+        media_uploads_per_user=_rate(
+            rl, "media_uploads_per_user", defaults.media_uploads_per_user
+        ),
     )
     rl.done()
 
@@ -311,6 +408,7 @@ def parse_config(data: Any, source_path: str | None = None) -> Config:
 
     rd = root.section("room_directory")
     publish_by_anyone = rd.boolean("publish_by_anyone", False)
+    public_rooms_over_federation = rd.boolean("allow_public_rooms_over_federation", False)
     rd.done()
 
     ph = root.section("password_hashing")
@@ -338,14 +436,25 @@ def parse_config(data: Any, source_path: str | None = None) -> Config:
         old_signing_keys=_old_keys(fed.section("old_signing_keys")),
         allowed_servers=allowed if allowed_given else None,
         blocked_servers=tuple(fed.str_list("blocked_servers", [])),
+        request_timeout_seconds=fed.integer("request_timeout_seconds", 60, min=1, max=3600),
+        max_response_bytes=fed.integer("max_response_bytes", 50 * 1024 * 1024,
+                                       min=65536, max=1 << 34),
+        max_concurrent_requests_per_destination=fed.integer(
+            "max_concurrent_requests_per_destination", 16, min=1, max=10_000),
     )
     fed.done()
 
     lim = root.section("limits")
     max_json = lim.integer("max_json_body_bytes", 10 * 1024 * 1024, min=65536, max=1 << 30)
+    max_concurrent = lim.integer("max_concurrent_requests_per_client", 100, min=1,
+                                 max=1_000_000)
+    caches = _caches(lim.section("caches"))
+    max_to_device = lim.integer("max_to_device_messages_per_device", 10_000, min=100,
+                                max=10_000_000)
     lim.done()
 
     app_services = tuple(root.str_list("app_service_config_files", []))
+    app_service_private = root.boolean("app_service_allow_private_addresses", False)
 
     media = _media(root.section("media"), data_dir)
 
@@ -383,9 +492,26 @@ def parse_config(data: Any, source_path: str | None = None) -> Config:
                                                max=3650),
     )
     ps.done()
+    email = _email(root.section("email"), server_name)
+
+    sn = root.section("server_notices")
+    server_notices = ServerNoticesConfig(
+        system_mxid_localpart=sn.string("system_mxid_localpart", None),
+        system_mxid_display_name=sn.string("system_mxid_display_name", "Server Notices"),
+        system_mxid_avatar_url=sn.string("system_mxid_avatar_url", None),
+        room_name=sn.string("room_name", "Server Notices"),
+    )
+    sn.done()
+    retention = _retention(root.section("retention"))
+    support = parse_support(root.section("support"))
+    voip = parse_voip(root.section("voip"))
 
     log = root.section("logging")
     log_level = log.choice("level", LOG_LEVELS, "INFO")
+    log_format = log.choice("format", LOG_FORMATS, "text")
+    log_file = log.string("file", None)
+    if log_file is not None:
+        log_file = os.path.join(data_dir, log_file)  # relative paths: in the data dir
     log.done()
 
     client = next((lst for lst in listeners if "client" in lst.resources), None)
@@ -419,15 +545,100 @@ def parse_config(data: Any, source_path: str | None = None) -> Config:
         outbound=outbound,
         federation=federation,
         max_json_body_bytes=max_json,
+        max_concurrent_requests_per_client=max_concurrent,
+        caches=caches,
+        max_to_device_messages_per_device=max_to_device,
         app_service_config_files=app_services,
+        app_service_allow_private_addresses=app_service_private,
         media=media,
         log_level=log_level,
+        log_file=log_file,
+        log_format=log_format,
         source_path=source_path,
         known_keys=frozenset(root.known),
         encryption=encryption,
         presence=presence,
         push=push,
+        email=email,
+        server_notices=server_notices,
+        retention=retention,
+        public_rooms_over_federation=public_rooms_over_federation,
+        support=support,
+        voip=voip,
     )
+
+
+_DURATION_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
+                   "w": 7 * 86_400_000, "y": 365 * 86_400_000}
+
+
+def _duration(s: Section, key: str, default: int | None) -> int | None:
+    """Milliseconds, given as an integer or as a number with a unit ("30d", "12h", "500ms")."""
+    v = s._raw(key, default)
+    if v is default:
+        return default
+    if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+        return v
+    m = re.fullmatch(r"([0-9]+)(ms|s|m|h|d|w|y)", v.strip()) if isinstance(v, str) else None
+    if m is None or int(m.group(1)) == 0:
+        raise s.error(key, f"expected a positive duration such as 30d, 12h or 1000 (ms), "
+                           f"got {v!r}")
+    return int(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def _email(s: Section, server_name: str) -> EmailConfig:
+    user = s.string("smtp_user", None)
+    config = EmailConfig(
+        enabled=s.boolean("enabled", False),
+        smtp_host=s.string("smtp_host", "localhost"),
+        smtp_port=s.integer("smtp_port", 25, min=1, max=65535),
+        tls=s.choice("tls", ("starttls", "tls", "none"), "starttls"),
+        smtp_user=user,
+        smtp_password=s.string("smtp_password", None),
+        from_address=s.string("from", f"Matrix <noreply@{server_name}>"),
+        app_name=s.string("app_name", "Matrix"),
+        validation_token_lifetime_ms=_duration(s, "validation_token_lifetime", 3_600_000)
+        or 0,
+        enable_notifications=s.boolean("enable_notifications", True),
+        notification_delay_ms=s.integer("notification_delay_ms", 10 * 60 * 1000, min=0,
+                                        max=7 * 86_400_000),
+    )
+    s.done()
+    if (user is None) != (config.smtp_password is None):
+        raise s.error("smtp_user", "smtp_user and smtp_password go together")
+    if config.enabled and "@" not in config.from_address:
+        raise s.error("from", "must contain an email address")
+    return config
+
+
+def _retention(s: Section) -> RetentionConfig:
+    policy = s.section("default_policy")
+    config = RetentionConfig(
+        enabled=s.boolean("enabled", False),
+        default_min_lifetime_ms=_duration(policy, "min_lifetime", None),
+        default_max_lifetime_ms=_duration(policy, "max_lifetime", None),
+        allowed_lifetime_min_ms=_duration(s, "allowed_lifetime_min", None),
+        allowed_lifetime_max_ms=_duration(s, "allowed_lifetime_max", None),
+        purge_interval_ms=_duration(s, "purge_interval", 12 * 3_600_000) or 0,
+    )
+    policy.done()
+    s.done()
+    low, high = config.allowed_lifetime_min_ms, config.allowed_lifetime_max_ms
+    if low is not None and high is not None and low > high:
+        raise s.error("allowed_lifetime_min", "is larger than allowed_lifetime_max")
+    return config
+
+
+def _caches(s: Section) -> CacheConfig:
+    factor = s._raw("global_factor", 1.0)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) \
+            or not 0.01 <= factor <= 100:
+        raise s.error("global_factor", f"expected a number from 0.01 to 100, got {factor!r}")
+    sz = s.section("sizes")
+    sizes = {str(name): sz.integer(str(name), min=1, max=100_000_000) for name in sz.data}
+    sz.done()
+    s.done()
+    return CacheConfig(global_factor=float(factor), sizes=sizes)
 
 
 def parse_database_url(url: str, data_dir: str | None = None) -> tuple[str, str]:
@@ -562,6 +773,7 @@ def _media(s: Section, data_dir: str) -> MediaConfig:
     concurrent = s.integer(
         "max_concurrent_remote_fetches", defaults.max_concurrent_remote_fetches, min=1, max=1000
     )
+    quota = s.integer("max_storage_bytes_per_user", None, min=1, max=1 << 50)
 
     up = s.section("url_preview")
     preview = UrlPreviewConfig(
@@ -588,6 +800,7 @@ def _media(s: Section, data_dir: str) -> MediaConfig:
         max_remote_bytes=max_remote,
         max_concurrent_remote_fetches=concurrent,
         url_preview=preview,
+        max_storage_bytes_per_user=quota,
     )
 
 

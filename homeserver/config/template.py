@@ -22,6 +22,10 @@ class TemplateArgs:
     dev_federation: bool = False
     testing: bool = False
     app_services: list[str] = field(default_factory=list)
+    # Server name -> "host:port" for federation.static_servers.
+    static_servers: dict[str, str] = field(default_factory=dict)
+    # Serve /metrics on a listener of its own instead of the client listener.
+    metrics_listen: tuple[str, int] | None = None
 
 
 _RESERVED = ", ".join(
@@ -56,7 +60,7 @@ def _listeners(args: TemplateArgs) -> str:
   - bind: {_q(chost)}
     port: {cport}
     tls: false
-    resources: [client, media, admin, metrics]
+    resources: [client, media, admin{"" if args.metrics_listen else ", metrics"}]
     # Trust X-Forwarded-For from a reverse proxy for client addresses in logs and limits.
     x_forwarded: false
   # The server-server API (other homeservers) and the server key endpoints.
@@ -64,7 +68,24 @@ def _listeners(args: TemplateArgs) -> str:
     port: {fport}
     tls: true
     resources: [federation, keys, media]
+{_metrics_listener(args)}"""
+
+
+def _metrics_listener(args: TemplateArgs) -> str:
+    if args.metrics_listen is None:
+        return ""
+    host, port = args.metrics_listen
+    return f"""\
+  # Prometheus metrics (and /health) only: keep it where only your scraper reaches it.
+  - bind: {_q(host)}
+    port: {port}
+    tls: false
+    resources: [metrics]
 """
+
+
+def _json_map(value: dict[str, str]) -> str:
+    return json.dumps(dict(sorted(value.items())), separators=(", ", ": "))
 
 
 def render_config(args: TemplateArgs) -> str:
@@ -144,6 +165,10 @@ rate_limiting:
   messages_per_user:
     per_second: 0.2
     burst: 10
+  # Media uploads (and /create reservations) per user.
+  media_uploads_per_user:
+    per_second: 1.0
+    burst: 20
 
 sessions:
   # Clients that ask for a refresh token get access tokens that expire after this long.
@@ -159,6 +184,8 @@ guest_access: {_b(args.testing)}
 room_directory:
   # Let any user publish rooms to the public room directory (otherwise: server admins only).
   publish_by_anyone: {_b(args.testing)}
+  # Let other servers list our public rooms (GET/POST /_matrix/federation/v1/publicRooms).
+  allow_public_rooms_over_federation: false
 
 password_hashing:
   # bcrypt cost factor (4-31); 12 costs about 0.25 s a login. 4 is for tests only.
@@ -172,7 +199,7 @@ outbound_requests:
 
 federation:
   # Server name -> host:port, bypassing discovery (tests and closed deployments).
-  static_servers: {{}}
+  static_servers: {_json_map(args.static_servers)}
   # Serve /.well-known/matrix/server delegating federation to this host:port, if set.
   # well_known_server: "matrix.example.com:443"
   # Notary servers asked for another server's signing keys when that server cannot be
@@ -188,10 +215,29 @@ federation:
   # every server that is not blocked.
   # allowed_servers: ["example.org", "*.example.net"]
   blocked_servers: []
+  # Every request to another server must complete (connect, headers, whole body) within
+  # this many seconds, with a response body of at most max_response_bytes; a peer that is
+  # slower or sends more is cut off and treated as failing (see docs/limits.md).
+  request_timeout_seconds: 60
+  max_response_bytes: 52428800
+  # Requests in flight to one server at a time (transactions, fetches, media); more wait.
+  max_concurrent_requests_per_destination: 16
 
 limits:
   # The largest JSON request body accepted (413 M_TOO_LARGE beyond it).
   max_json_body_bytes: 10485760
+  # Requests one access token may have in flight at once; more get 429 M_LIMIT_EXCEEDED.
+  # Every bound is listed in docs/limits.md.
+  max_concurrent_requests_per_client: 100
+  # In-memory caches (events, room heads, state, push rules...): every default size is
+  # multiplied by global_factor; sizes sets a cache by its name (as in the
+  # homeserver_cache_size metric), e.g. {{events: 200000}}.
+  # Undelivered to-device messages kept per device (the oldest go first): a device that
+  # never syncs cannot fill the database.
+  max_to_device_messages_per_device: 10000
+  caches:
+    global_factor: 1.0
+    sizes: {{}}
 
 # The media repository: uploads, downloads, thumbnails and URL previews.
 media:
@@ -230,6 +276,8 @@ media:
   # The largest file fetched from another server, and how many fetches run at once.
   max_remote_bytes: 52428800
   max_concurrent_remote_fetches: 10
+  # How many bytes of uploads one user may keep; unset: no quota.
+  # max_storage_bytes_per_user: 10737418240
   url_preview:
     # Let the server fetch web pages that users link to, to show a preview.
     enabled: false
@@ -244,8 +292,14 @@ media:
     # Give up on a page after this many seconds.
     timeout_seconds: 10
 
-# Application service registration files (YAML), one per bridge or bot.
+# Application service registration files (YAML), one per bridge or bot (docs/appservices.md).
+# Their url must be a public address with a valid certificate unless outbound_requests allows
+# self-signed certificates, and a private or loopback address unless allowed below (or by
+# outbound_requests.allow_private_addresses, which opens it for federation too).
 app_service_config_files:{app_services}
+# Let application-service URLs be on loopback or private addresses (a bridge running beside
+# this server, e.g. http://localhost:29319), without opening those to federation.
+app_service_allow_private_addresses: false
 # End-to-end encryption policy. Clients encrypt; the server only decides defaults.
 encryption:
   # Which new rooms are created with encryption switched on: "all" rooms, "private" chats and
@@ -278,7 +332,81 @@ push:
   # Notifications (GET /notifications, unread counts) older than this many days are deleted.
   notification_retention_days: 30
 
+# Email: addresses on accounts (validation, password reset, login with an email) and email
+# notifications (email pushers), sent through an SMTP server. Links in the emails point at
+# public_baseurl.
+email:
+  enabled: false
+  smtp_host: "localhost"
+  smtp_port: 25
+  # "starttls" (required), "tls" (implicit TLS, usually port 465) or "none".
+  tls: "starttls"
+  # smtp_user: "matrix"
+  # smtp_password: "secret"
+  # The sender of every email; default "Matrix <noreply@SERVER_NAME>".
+  # from: "Example Chat <noreply@example.com>"
+  # The name of the service in the emails.
+  app_name: "Matrix"
+  # How long a validation link stays valid.
+  validation_token_lifetime: "1h"
+  # Email pushers: how long a notification waits unread before it is mailed (ms); the
+  # notifications arriving meanwhile join the same email. Encrypted rooms' messages are
+  # never quoted.
+  enable_notifications: true
+  notification_delay_ms: 600000
+
+# Server notices (POST /_synapse/admin/v1/send_server_notice): messages from the server to a
+# user, in a room of their own tagged m.server_notice. Off unless the sender is named.
+server_notices:
+  # The localpart of the user that sends them (created when first needed).
+  # system_mxid_localpart: "notices"
+  system_mxid_display_name: "Server Notices"
+  # system_mxid_avatar_url: "mxc://example.com/abcdef"
+  room_name: "Server Notices"
+
+# Message retention: message events older than their room's max_lifetime (m.room.retention,
+# else the default policy) are purged by a background job; state events and the newest
+# events of each room are kept (docs/retention.md). Durations: 30d, 12h, 15m, or ms.
+retention:
+  enabled: false
+  # The policy of rooms without m.room.retention. Unset: their messages are kept for ever.
+  default_policy:
+    # min_lifetime: 1d
+    # max_lifetime: 1y
+  # A room's max_lifetime outside these bounds is clamped to them.
+  # allowed_lifetime_min: 1d
+  # allowed_lifetime_max: 1y
+  # How often the purge job runs.
+  purge_interval: 12h
+
+# Who users and other operators can reach about this server, served as
+# /.well-known/matrix/support (404 while neither is set). Each contact has a role
+# (m.role.admin, m.role.security or a namespaced one) and a matrix_id or email_address:
+#   contacts:
+#     - {{role: "m.role.admin", matrix_id: "@admin:example.com"}}
+#     - {{role: "m.role.security", email_address: "security@example.com"}}
+support:
+  contacts: []
+  # support_page: "https://example.com/support"
+
+# TURN servers for voice and video calls, handed to clients by /voip/turnServer (an empty
+# answer while turn_uris is empty). With turn_shared_secret (coturn's use-auth-secret) each
+# user gets credentials valid for turn_user_lifetime_ms; otherwise turn_username and
+# turn_password are given to everyone.
+voip:
+  turn_uris: []
+  # turn_shared_secret: "a long random secret shared with the TURN server"
+  # turn_username: "turnuser"
+  # turn_password: "turnpassword"
+  turn_user_lifetime_ms: 3600000
+  turn_allow_guests: true
+
 logging:
   # DEBUG, INFO, WARNING or ERROR.
   level: "INFO"
+  # "text" (one line per record) or "json" (one JSON object per line, for log shippers).
+  format: "text"
+  # Write here instead of stderr (relative paths are in the data dir). The file is reopened
+  # when log rotation renames or removes it (logrotate without copytruncate works).
+  # file: "homeserver.log"
 """

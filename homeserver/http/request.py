@@ -19,6 +19,9 @@ class HomeserverRequest(Request):
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
+        # Matrix bodies are JSON or raw media, never HTML forms: twisted must not merge a form
+        # body into the query arguments, nor answer a malformed multipart body with a bare 400.
+        self._parsePOSTFormSubmission = False
         self.request_id = f"req-{next(_ids)}"
         self.start_time = time.monotonic()
         site = getattr(channel, "site", None)
@@ -84,9 +87,14 @@ class HomeserverRequest(Request):
         raw = self.read_body()
         try:
             text = raw.decode("utf-8")
-            return json.loads(text, parse_constant=_reject_constant)
+            body = json.loads(text, parse_constant=_reject_constant)
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise MatrixError(400, Codes.NOT_JSON, "Content not JSON.") from None
+        # NUL means nothing in Matrix text and PostgreSQL text cannot store it: refuse it from
+        # clients up front (a peer's transaction is not refused whole for one odd event).
+        if "\\u0000" in text and not self.path.startswith(_PEER_PATHS) and _has_nul(body):
+            raise MatrixError(400, Codes.BAD_JSON, "Strings may not contain NUL (U+0000)")
+        return body
 
     def json_object(self) -> dict[str, Any]:
         """The body as a JSON object: 400 M_BAD_JSON for any other JSON value."""
@@ -101,11 +109,33 @@ class HomeserverRequest(Request):
             return None
         try:
             value: str = values[0].decode("utf-8")
-            return value
         except UnicodeDecodeError:
             raise MatrixError(
                 400, Codes.INVALID_PARAM, f"Query parameter {name} is not UTF-8"
             ) from None
+        if "\x00" in value:
+            raise MatrixError(400, Codes.INVALID_PARAM, f"Query parameter {name} contains NUL")
+        return value
+
+
+_PEER_PATHS = (b"/_matrix/federation/", b"/_matrix/key/")
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a NUL is in any string (key or value) of parsed JSON; iterative, since the
+    nesting can be as deep as the parser allows."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _reject_constant(name: str) -> Any:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.request import HomeserverRequest
 
 JsonResponse = tuple[int, Any]
@@ -86,6 +87,9 @@ class Router:
                 continue
             if route.method == method or (method == "HEAD" and route.method == "GET"):
                 params = {k: unquote(v, errors="strict") for k, v in m.groupdict().items()}
+                if any("\x00" in v for v in params.values()):
+                    # No identifier holds a NUL, and PostgreSQL text cannot store one.
+                    raise MatrixError(400, Codes.INVALID_PARAM, "Path parameter contains NUL")
                 return route, params, allowed
             allowed.append(route.method)
         return None, {}, allowed

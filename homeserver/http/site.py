@@ -23,6 +23,7 @@ from homeserver.http.context import current_request_id
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.request import HomeserverRequest
 from homeserver.http.router import Router
+from homeserver.storage.engine import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("homeserver.access")
@@ -34,6 +35,8 @@ REQUESTS = Counter(
 REQUEST_SECONDS = Histogram(
     "homeserver_http_request_duration_seconds", "Time to answer a request", ["method", "route"]
 )
+
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"))
 
 CORS_HEADERS = {
     b"Access-Control-Allow-Origin": b"*",
@@ -98,6 +101,9 @@ class RootResource(resource.Resource):
             path = ""
         for name, value in CORS_HEADERS.items():
             request.setHeader(name, value)
+        concurrency: ClientConcurrency | None = getattr(
+            getattr(request.channel, "site", None), "concurrency", None)
+        client_key: str | None = None
         try:
             if not path:
                 raise MatrixError(400, Codes.UNRECOGNIZED, "Request path is not ASCII")
@@ -105,6 +111,8 @@ class RootResource(resource.Resource):
                 # CORS preflight: browsers ask before any cross-origin call.
                 self._write_json(request, 200, {})
                 return
+            if concurrency is not None:
+                client_key = concurrency.enter(request)
             route, params, allowed = self.router.match(method, path, self.resources)
             request.route_label = route.template if route else "unmatched"
             if route is None:
@@ -113,7 +121,12 @@ class RootResource(resource.Resource):
                     raise MatrixError(405, Codes.UNRECOGNIZED, "Unrecognized request")
                 raise MatrixError(404, Codes.UNRECOGNIZED, "Unrecognized request")
             request.check_body_size()
-            result = await route.handler(request, **params)
+            try:
+                result = await route.handler(request, **params)
+            except defer.FirstError as e:
+                # gatherResults wraps the first failure: answer as for that one (a 4xx,
+                # or 503 for an outage), not with a 500.
+                raise _first_cause(e) from None
             if isinstance(result, RawResponse):
                 self._write_raw(request, result)
             elif isinstance(result, FileResponse):
@@ -125,6 +138,14 @@ class RootResource(resource.Resource):
             for header, header_value in e.headers.items():
                 request.setHeader(header.encode(), header_value.encode())
             self._write_json(request, e.status, e.to_json())
+        except DatabaseUnavailable as e:
+            # An outage, not a bug: a clear, retryable 503 and one log line, no traceback.
+            logger.warning("%s: database unavailable: %s", _describe(request), e)
+            request.setHeader(b"Retry-After", b"1")
+            self._write_json(request, 503, {
+                "errcode": Codes.UNKNOWN,
+                "error": "The database is unavailable; try again shortly",
+            })
         except UnicodeDecodeError:
             self._write_json(
                 request,
@@ -134,6 +155,9 @@ class RootResource(resource.Resource):
         except defer.CancelledError:
             # The client disconnected; nobody is left to answer.
             access_logger.info("%s cancelled: client disconnected", _describe(request))
+        finally:
+            if concurrency is not None and client_key is not None:
+                concurrency.leave(client_key)
 
     def _write_json(self, request: HomeserverRequest, status: int, body: Any) -> None:
         payload = encode_json(body)
@@ -186,10 +210,11 @@ class RootResource(resource.Resource):
 
     def _log_done(self, request: HomeserverRequest, description: str) -> None:
         elapsed = time.monotonic() - request.start_time
-        REQUESTS.labels(request.method.decode("ascii", "replace"), request.route_label,
-                        str(request.code)).inc()
-        REQUEST_SECONDS.labels(request.method.decode("ascii", "replace"),
-                               request.route_label).observe(elapsed)
+        method = request.method.decode("ascii", "replace")
+        if method not in _METHODS:
+            method = "other"  # a client's made-up method must not make a new series
+        REQUESTS.labels(method, request.route_label, str(request.code)).inc()
+        REQUEST_SECONDS.labels(method, request.route_label).observe(elapsed)
         access_logger.info(
             "%s %d %.1fms",
             description,
@@ -212,10 +237,66 @@ class RootResource(resource.Resource):
             current_request_id.reset(token)
 
 
+def _first_cause(error: defer.FirstError) -> BaseException:
+    cause: BaseException | None = error
+    while isinstance(cause, defer.FirstError):
+        cause = cause.subFailure.value
+    return cause if cause is not None else error
+
+
 def _describe(request: HomeserverRequest) -> str:
     # Never log query strings whole: they may carry access tokens.
     path = request.path.decode("ascii", "replace")
     return f"{request.client_ip} {request.method.decode('ascii', 'replace')} {path}"
+
+
+class ClientConcurrency:
+    """Requests in flight per client, so one client cannot hold every worker and database
+    connection: past ``limit``, 429 ``M_LIMIT_EXCEEDED``. A client is its access token.
+    Requests without one are not counted: keyed by address they would put everyone behind
+    one proxy (or every peer server) in one bucket; logins and registrations have their rate
+    limits per address instead."""
+
+    RETRY_AFTER_MS = 1000
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: dict[str, int] = {}
+
+    @staticmethod
+    def key_of(request: HomeserverRequest) -> str | None:
+        auth = request.getHeader("Authorization") or ""
+        if auth[:7].lower() == "bearer ":
+            return auth[7:].strip()
+        token = request.args.get(b"access_token")
+        if token:
+            return token[0].decode("utf-8", "replace")
+        return None
+
+    def enter(self, request: HomeserverRequest) -> str | None:
+        """Count the request in, or raise 429; returns the key to ``leave`` with."""
+        key = self.key_of(request)
+        if key is None:
+            return None
+        count = self._counts.get(key, 0)
+        if count >= self.limit:
+            error = MatrixError(429, Codes.LIMIT_EXCEEDED,
+                                f"Too many concurrent requests (at most {self.limit})",
+                                retry_after_ms=self.RETRY_AFTER_MS)
+            error.headers["Retry-After"] = str(self.RETRY_AFTER_MS // 1000)
+            raise error
+        self._counts[key] = count + 1
+        return key
+
+    def leave(self, key: str) -> None:
+        count = self._counts.get(key, 0) - 1
+        if count > 0:
+            self._counts[key] = count
+        else:
+            self._counts.pop(key, None)
+
+    def in_flight(self, key: str) -> int:
+        return self._counts.get(key, 0)
 
 
 class HomeserverSite(server.Site):
@@ -230,11 +311,15 @@ class HomeserverSite(server.Site):
         resources: frozenset[str],
         max_body_bytes: int,
         x_forwarded: bool = False,
+        max_concurrent_per_client: int | None = None,
     ) -> None:
         super().__init__(RootResource(router, resources))
         self.router = router
         self.x_forwarded = x_forwarded
         self.max_body_bytes = max_body_bytes
+        # None: no per-client cap on requests in flight.
+        self.concurrency = (ClientConcurrency(max_concurrent_per_client)
+                            if max_concurrent_per_client else None)
         self.in_flight: set[HomeserverRequest] = set()
         # Open connections, so shutdown can close idle keep-alive ones.
         self.channels: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -246,12 +331,28 @@ class HomeserverSite(server.Site):
         self.channels.add(channel)
         return channel
 
+    def _open_channels(self) -> list[Any]:
+        # Site.buildProtocol returns a wrapper (it picks HTTP/1.1 or HTTP/2), which has no
+        # transport of its own: the channel it wraps has.
+        return [getattr(built, "_channel", built) for built in list(self.channels)]
+
+    def busy(self) -> bool:
+        """Requests in flight, or arriving: a channel holds a request from its request line
+        on, so one whose body is still coming in counts (shutdown waits for it)."""
+        return bool(self.in_flight) or any(
+            getattr(channel, "requests", None) for channel in self._open_channels())
+
     def close_idle_connections(self) -> None:
-        """At shutdown: drop kept-alive connections with no request in flight."""
+        """At shutdown: drop kept-alive connections with no request in flight or arriving."""
         busy = {getattr(r, "channel", None) for r in self.in_flight}
-        for channel in list(self.channels):
-            if channel not in busy and getattr(channel, "transport", None) is not None:
-                channel.transport.loseConnection()
+        for channel in self._open_channels():
+            receiving = bool(getattr(channel, "requests", None))
+            if channel not in busy and not receiving and \
+                    getattr(channel, "transport", None) is not None:
+                # Abort, not lose: a TLS close waits for the peer's close_notify, which an
+                # idle client never sends, and the connection would linger (serving requests
+                # after shutdown).
+                channel.transport.abortConnection()
 
     def log(self, request: http.Request) -> None:
         pass

@@ -13,13 +13,17 @@ import logging
 import secrets
 import string
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeserver.clock import Clock
 from homeserver.config import Config
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.request import HomeserverRequest
 from homeserver.storage.devices import DeviceStore
+
+if TYPE_CHECKING:
+    from homeserver.services.appservice.registration import AppService
+    from homeserver.services.appservice.service import AppServices
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +37,17 @@ class Requester:
     device_id: str
     is_guest: bool
     token_hash: str
+    # Set when an application service makes the request (as its sender or a masqueraded user).
+    app_service: AppService | None = None
+
+    @property
+    def rate_limited(self) -> bool:
+        """Application services' senders are never rate-limited; the users they act as are
+        unless the registration says ``rate_limited: false``."""
+        svc = self.app_service
+        if svc is None:
+            return True
+        return svc.rate_limited and self.user_id != svc.sender
 
 
 def hash_token(token: str) -> str:
@@ -64,6 +79,8 @@ class AuthService:
         self.devices = devices
         self.clock = clock
         self._last_seen: dict[tuple[str, str], int] = {}
+        # Installed by the registry when application services are configured.
+        self.appservices: AppServices | None = None
 
     async def authenticate(
         self, request: HomeserverRequest, *, allow_guest: bool = False
@@ -71,6 +88,10 @@ class AuthService:
         token = token_from_request(request)
         if not token:
             raise MatrixError(401, Codes.MISSING_TOKEN, "Missing access token")
+        if self.appservices is not None:
+            svc = self.appservices.by_token(token)
+            if svc is not None:
+                return await self._as_requester(svc, request)
         digest = hash_token(token)
         owner = await self.devices.token_owner(digest)
         if owner is None or owner.deactivated:
@@ -84,6 +105,28 @@ class AuthService:
             raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access not allowed")
         await self._note_seen(owner.user_id, owner.device_id, request, now)
         return Requester(owner.user_id, owner.device_id, owner.is_guest, digest)
+
+    async def _as_requester(self, svc: AppService, request: HomeserverRequest) -> Requester:
+        """Identity assertion: the service's sender, or ``user_id=`` in its namespace, with
+        ``device_id=`` (spec v1.17; MSC3202's name too) when it names one of that user's
+        devices."""
+        assert self.appservices is not None
+        self.appservices.service_is_back(svc)
+        user_id = request.query_param("user_id") or svc.sender
+        if not svc.may_act_as(user_id):
+            raise MatrixError(403, Codes.FORBIDDEN,
+                              "Application service cannot masquerade as this user")
+        user = await self.appservices.users.get(user_id)
+        if user is None:
+            raise MatrixError(403, Codes.FORBIDDEN,
+                              "Application service has not registered this user")
+        if user.deactivated:
+            raise MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated")
+        device_id = (request.query_param("device_id")
+                     or request.query_param("org.matrix.msc3202.device_id") or "")
+        if device_id and await self.devices.get_device(user_id, device_id) is None:
+            raise MatrixError(400, "M_UNKNOWN_DEVICE", "No such device for this user")
+        return Requester(user_id, device_id, False, f"appservice:{svc.id}", app_service=svc)
 
     async def _note_seen(
         self, user_id: str, device_id: str, request: HomeserverRequest, now: int

@@ -154,9 +154,14 @@ class DirectoryService:
         since: str | None = None,
         search_term: str | None = None,
         room_types: Sequence[str | None] | None = None,
+        network_rooms: Sequence[str] = (),
+        include_main: bool = True,
     ) -> DirectoryPage:
+        """The published rooms (``include_main``) and ``network_rooms``, the rooms listed by
+        application services for their third-party networks."""
         entries = []
-        for room_id in await self.store.public_rooms():
+        candidates = await self.store.public_rooms() if include_main else []
+        for room_id in dict.fromkeys([*candidates, *network_rooms]):
             entry = await self.summary(room_id)
             if entry is None:
                 continue

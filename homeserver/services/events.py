@@ -86,6 +86,11 @@ class EventSpec:
     redacts: str | None = None
     # (device_id, txn_id) of the client request, for idempotent retries.
     txn: tuple[str, str] | None = None
+    # origin_server_ts chosen by an application service (timestamp massaging); None: now.
+    origin_server_ts: int | None = None
+    # Called with the built event before it is persisted; returns it with more signatures
+    # (an invite countersigned by the invitee's server). May raise MatrixError.
+    countersign: Callable[[Event, RoomView], Awaitable[Event]] | None = None
 
 
 @dataclass(frozen=True)
@@ -279,8 +284,9 @@ class EventsService:
         self.signing_key = signing_key
         self.queues: dict[str, _RoomQueue] = {}
         self.batches = 0
-        self._heads: LruCache[str, RoomHead] = LruCache(20_000)
+        self._heads: LruCache[str, RoomHead] = LruCache(20_000, "room_heads")
         self._txns: LruCache[tuple[str, str, str], str] = LruCache(100_000)
+        self._last_create_ts = 0  # see create_room
         # Called after each committed batch (room_id, events): sync, push, federation sending.
         self.on_persisted: list[Callable[[str, list[StoredEvent]], None]] = []
 
@@ -325,6 +331,11 @@ class EventsService:
     async def current_state_event(self, room_id: str, key: StateKey) -> StoredEvent | None:
         ids = await self.current_state_ids(room_id, StateFilter.from_keys([key]))
         return await self.store.get_event(ids[key]) if key in ids else None
+
+    def forget_room(self, room_id: str, event_ids: list[str]) -> None:
+        """Drop cached heads and events after the room's rows were purged (admin API)."""
+        self._heads.pop(room_id)
+        self.store.forget_room(room_id, event_ids)
 
     def forward_extremities(self, room_id: str) -> list[str] | None:
         head = self._heads.get(room_id)
@@ -419,7 +430,10 @@ class EventsService:
                     if seen is not None:
                         answered.append((job, seen))
                         continue
-                items.append(await self._build(work, spec))
+                if spec.countersign is not None:
+                    items.append(await self._countersigned(work, spec, spec.countersign))
+                else:
+                    items.append(await self._build(work, spec))
                 built.append((job, len(items) - 1))
                 if spec.txn is not None:
                     work.txns[(spec.sender, *spec.txn)] = items[-1].event.event_id
@@ -483,11 +497,15 @@ class EventsService:
             room_id = None
         elif room_id is None:
             raise ValueError("room_id is required before room version 12")
+        # From v12 the room ID is the create event's hash: two identical createRoom requests
+        # in one millisecond would name the same room, so create timestamps never repeat.
+        created_ts = max(self.clock.time_ms(), self._last_create_ts + 1)
+        self._last_create_ts = created_ts
         try:
             create = build_event(
                 room_version=room_version, event_type="m.room.create", sender=creator,
                 content=create_content, room_id=room_id, prev_events=[], current_state={},
-                origin_server_ts=self.clock.time_ms(), signing_key=self.signing_key,
+                origin_server_ts=created_ts, signing_key=self.signing_key,
                 server_name=self.server_name, state_key="",
             )
             check_auth(create, {})
@@ -587,6 +605,13 @@ class EventsService:
 
         item = PersistItem(event, rejected=reason if verdict is Verdict.REJECTED else None,
                            soft_failed=verdict is Verdict.SOFT_FAILED)
+        if verdict is Verdict.ACCEPTED and event.type == REDACTION and event.redacts:
+            # A redaction from another server applies as a local one does.
+            item.redacts = event.redacts
+            target = await self.store.get_event(event.redacts)
+            if (target is not None and target.room_id == room_id
+                    and _may_apply_redaction(event, target.event, events_for(before))):
+                item.redacted_json = redact(target.event.pdu_json(), rv)
         if event.is_state():
             item.replaces = before.get(event.state_tuple)
             item.auth = [(a, found[a].event.state_tuple) for a in auth_ids
@@ -658,8 +683,13 @@ class EventsService:
         room_id = join.room_id
 
         async def run() -> ReceivedResult:
+            rejoin = False
             if await self.store.get_room(room_id) is not None:
-                return await self._receive(join)
+                prevs = await self.store.get_events(join.prev_event_ids)
+                if len(prevs) == len(set(join.prev_event_ids)):
+                    return await self._receive(join)
+                # A room we had left: our view of it stopped when we did.
+                rejoin = True
             by_id = {e.event_id: e for e in [*auth_chain, *state]}
             ordered: list[Event] = []
             seen: set[str] = set()
@@ -694,6 +724,8 @@ class EventsService:
                     auth.append((create_id, CREATE_KEY))
                 return auth
 
+            if rejoin:
+                return await self._rejoin(join, by_id, ordered, state_map, auth_of)
             items = []
             for e in ordered:
                 item = PersistItem(e)
@@ -723,6 +755,141 @@ class EventsService:
                                   stored[0].stream_ordering)
 
         return await self.exclusive(room_id, run)
+
+    async def _rejoin(
+        self, join: Event, by_id: Mapping[str, Event], ordered: Sequence[Event],
+        state_map: Mapping[StateKey, str],
+        auth_of: Callable[[Event], list[tuple[str, StateKey]]],
+    ) -> ReceivedResult:
+        """Join a room we know but had left: store the resident's state and auth chain
+        events we lack (as history before the join), then the join on exactly that state."""
+        room_id = join.room_id
+        head = await self._load_head(room_id)
+        known = await self.store.get_events(by_id.keys())
+        items = []
+        for e in ordered:
+            if e.event_id not in known:
+                item = PersistItem(e)
+                item.auth = auth_of(e)
+                items.append(item)
+        snapshot = StatePlan(None, 0, dict(state_map))
+        if items:
+            # The current state and head stay as they are until the join.
+            work = _Work(head, list(head.extremities), head.max_depth)
+            plan = HeadPlan(before=snapshot,
+                            current=StatePlan(head.state_group, head.state_chain_len),
+                            current_changes=[])
+            result, stored = await self._persist(work, items, None, plan)
+            self._after_commit(room_id, stored, result)
+        after = {**state_map, join.state_tuple: join.event_id}
+        changes = await self._current_changes(head.state, after, {join.event_id: join})
+        item = PersistItem(join, replaces=state_map.get(join.state_tuple))
+        item.auth = auth_of(join)
+        work = _Work(head, [join.event_id], max(head.max_depth, join.depth))
+        plan = HeadPlan(before=snapshot, current=StatePlan(None, 0, after),
+                        current_changes=changes)
+        try:
+            result, stored = await self._persist(work, [item], None, plan)
+        finally:
+            # The head's state was replaced, not moved on: read it afresh.
+            self._heads.pop(room_id)
+        self._after_commit(room_id, stored, result)
+        return ReceivedResult(join.event_id, Verdict.ACCEPTED, None, stored[0].stream_ordering)
+
+    async def persist_backfilled(
+        self, room_id: str, events: Sequence[tuple[Event, str | None]], successor: str,
+    ) -> list[StoredEvent]:
+        """Store history fetched from another server: ``events`` (oldest first, each with
+        why it was rejected, or None) sit before ``successor``, the event of ours that cites
+        the newest of them. They take the state before ``successor`` (moved on by their own
+        state events), never change the room's current state or forward extremities, and
+        get positions before everything on the events stream, so /sync never sees them."""
+
+        async def run() -> list[StoredEvent]:
+            head = await self._load_head(room_id)
+            known = await self.store.get_events([e.event_id for e, _ in events])
+            todo = [(e, r) for e, r in events if e.event_id not in known]
+            after = await self.store.get_event(successor)
+            if not todo or after is None or after.room_id != room_id:
+                return []
+            delta: dict[StateKey, str | None] = {}
+            if after.event.is_state() and after.rejected is None and not after.soft_failed:
+                delta[after.event.state_tuple] = after.replaces_state
+            before = StatePlan(after.state_group, await self._chain_len(after.state_group),
+                               delta)
+            items = await self._history_items(room_id, todo)
+            return await self._persist_history(head, items, before)
+
+        return await self.exclusive(room_id, run)
+
+    async def _history_items(
+        self, room_id: str, todo: Sequence[tuple[Event, str | None]],
+    ) -> list[PersistItem]:
+        """Items for history events (each with why it was rejected, or None), their auth
+        events' keys looked up in the batch, then in the database."""
+        auth_ids = {a for e, _ in todo for a in e.auth_event_ids}
+        in_batch = {e.event_id: e for e, _ in todo}
+        stored_auth = await self.store.get_events(auth_ids - set(in_batch))
+        keys = {eid: se.event.state_tuple for eid, se in stored_auth.items()
+                if se.event.is_state()}
+        keys.update({eid: e.state_tuple for eid, e in in_batch.items() if e.is_state()})
+        items = []
+        for e, rejected in todo:
+            item = PersistItem(e, rejected=rejected)
+            if e.is_state():
+                item.auth = [(a, keys[a]) for a in e.auth_event_ids if a in keys]
+                if e.room_version.room_id_is_create_event_hash and not e.is_create():
+                    item.auth.append((create_event_id_from_room_id(room_id), CREATE_KEY))
+            items.append(item)
+        return items
+
+    async def _persist_history(
+        self, head: RoomHead, items: list[PersistItem], before: StatePlan,
+    ) -> list[StoredEvent]:
+        """Persist events before the room's head: state ``before`` the first, positions
+        before everything on the events stream; current state and extremities unchanged."""
+        work = _Work(head, list(head.extremities), head.max_depth)
+        plan = HeadPlan(before=before,
+                        current=StatePlan(head.state_group, head.state_chain_len),
+                        current_changes=[])
+        _, stored = await self._persist(work, items, None, plan, backfilled=True)
+        return stored
+
+    async def receive_across_gap(
+        self, event: Event, history: Sequence[Event],
+        prevs: Sequence[tuple[Event, Mapping[StateKey, str]]],
+    ) -> ReceivedResult:
+        """``receive`` for an event whose prev events were missing and have been fetched
+        with the state before each (``/state_ids``), checked by the caller: ``history``
+        (state and auth events we lack, in auth order) and each prev event are stored as
+        history -- each prev on exactly the state the other server gave for it -- and the
+        event then goes through ``_receive``, which resolves its prevs' states as usual. The
+        prev events' own ancestors stay unknown (backward extremities, for /backfill)."""
+
+        async def run() -> ReceivedResult:
+            head = await self._load_head(event.room_id)
+            wanted = [e.event_id for e in history] + [p.event_id for p, _ in prevs]
+            known = await self.store.get_events(wanted)
+            todo = [(e, None) for e in history if e.event_id not in known]
+            first = prevs[0][1] if prevs else head.state
+            if todo:
+                items = await self._history_items(event.room_id, todo)
+                await self._persist_history(head, items, self._plan_for(head, first))
+            for prev, state in prevs:
+                if prev.event_id in known:
+                    continue
+                [item] = await self._history_items(event.room_id, [(prev, None)])
+                if prev.is_state():
+                    item.replaces = state.get(prev.state_tuple)
+                await self._persist_history(head, [item], self._plan_for(head, state))
+            return await self._receive(event)
+
+        return await self.exclusive(event.room_id, run)
+
+    @staticmethod
+    def _plan_for(head: RoomHead, state: Mapping[StateKey, str]) -> StatePlan:
+        """``state`` stored as a delta on the room's current state group."""
+        return StatePlan(head.state_group, head.state_chain_len, _diff(head.state, state))
 
     async def _chain_len(self, group: int) -> int:
         from homeserver.storage.state import group_chain_len_txn
@@ -780,7 +947,8 @@ class EventsService:
                 room_id=head.room_id,
                 prev_events=[loaded[p] for p in prev_ids],
                 current_state=state,
-                origin_server_ts=self.clock.time_ms(),
+                origin_server_ts=(spec.origin_server_ts if spec.origin_server_ts is not None
+                                  else self.clock.time_ms()),
                 signing_key=self.signing_key,
                 server_name=self.server_name,
                 state_key=spec.state_key,
@@ -810,6 +978,26 @@ class EventsService:
         self._advance(work, event)
         return item
 
+    async def _countersigned(
+        self, work: _Work, spec: EventSpec,
+        countersign: Callable[[Event, RoomView], Awaitable[Event]],
+    ) -> PersistItem:
+        """Build, then have the event countersigned (its ID does not change); if that
+        fails, the batch goes on as if the event had never been built."""
+        saved = (list(work.extremities), work.max_depth, dict(work.changes))
+        item = await self._build(work, spec)
+        try:
+            signed = await countersign(item.event, RoomView(self, work))
+        except BaseException:
+            work.extremities, work.max_depth, work.changes = saved
+            work.built.pop(item.event.event_id, None)
+            raise
+        if signed.event_id != item.event.event_id:
+            raise RuntimeError("countersigning changed the event ID")
+        item.event = signed
+        work.built[signed.event_id] = signed
+        return item
+
     def _advance(self, work: _Work, event: Event) -> None:
         work.built[event.event_id] = event
         work.extremities = [event.event_id]
@@ -820,7 +1008,7 @@ class EventsService:
     # -- persist and publish ----------------------------------------------------------------
     async def _persist(
         self, work: _Work, items: list[PersistItem], new_room: NewRoom | None,
-        plan: HeadPlan | None = None,
+        plan: HeadPlan | None = None, backfilled: bool = False,
     ) -> tuple[PersistResult, list[StoredEvent]]:
         head = work.head
         referenced: set[str] = set()
@@ -849,6 +1037,7 @@ class EventsService:
                 self.state_store.key_nids,
                 self.clock.time_ms(),
                 plan,
+                backfilled,
             ))
         except DuplicateTransaction:
             raise

@@ -8,7 +8,8 @@ order the pipeline committed them.
 Inbound: each PDU of a transaction goes through ``pdu_checks`` steps 1-3 (format, signatures
 with keys from the keyring, content hash) and then ``EventsService.receive`` (auth rules,
 soft failure). Missing prev events are fetched with /get_missing_events (bounded), missing
-auth events one by one with /event.
+auth events one by one with /event; a gap still open after that is filled with the state
+before each missing prev event (``federation_gap``: /state_ids, then /event, bounded).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, 
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 
+from federation.builder import membership_from_template
 from federation.events import Event, JsonDict
-from federation.hashes import add_hashes
 from federation.identifiers import InvalidIdentifier, get_domain
 from federation.pdu_checks import (
     PduRejected,
@@ -31,13 +32,20 @@ from federation.pdu_checks import (
     check_well_formed,
 )
 from federation.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
-from federation.signing import SignatureError, required_signers, sign_event
-from federation.transport.client import FederationClientError
+from federation.signing import SignatureError, required_signers
+from federation.transport.client import FederationClientError, HttpResponseError
 from homeserver.http.errors import Codes, MatrixError
+from homeserver.services.backfill import Backfiller
 from homeserver.services.events import MissingEvents, ReceivedResult
+from homeserver.services.federation_gap import Budget, GapFiller
+from homeserver.services.federation_invites import FederationInvites
+from homeserver.services.federation_outbox import OutboxCursor
 from homeserver.services.federation_policy import server_allowed
+from homeserver.services.join_authorisation import countersign_join, join_authoriser
 from homeserver.storage.cache import LruCache
+from homeserver.storage.engine import DatabaseUnavailable
 from homeserver.storage.events import StoredEvent
+from homeserver.storage.federation_out import FederationOutStore
 
 if TYPE_CHECKING:
     from homeserver.services.registry import Services
@@ -48,6 +56,8 @@ MAX_PDUS = 50
 MAX_EDUS = 100
 MISSING_EVENTS_LIMIT = 20
 MAX_FETCHED_AUTH = 50
+# How long queueing committed events for other servers keeps retrying a database outage.
+QUEUE_RETRY_SECONDS = 600.0
 MEMBER = "m.room.member"
 
 
@@ -61,6 +71,7 @@ class FederationRooms:
         self.server_name = s.config.server_name
         self._out_lock = defer.DeferredLock()
         self._txns: LruCache[tuple[str, str], JsonDict] = LruCache(10_000)
+        self.outbox_cursor = OutboxCursor(FederationOutStore(s.db))
         s.pipeline.on_persisted.append(self._on_persisted)
         s.typing.on_change.append(self._on_local_typing)
         s.receipts.on_receipt.append(self._on_local_receipt)
@@ -80,6 +91,9 @@ class FederationRooms:
             return answer if isinstance(answer, dict) else {}
 
         s.e2ee.keys.set_remote(query, claim)
+        self.invites = FederationInvites(s, self)
+        self.backfiller = Backfiller(s, self)
+        self.gaps = GapFiller(self)
 
     def _wake_destinations(self, destinations: list[str]) -> None:
         for d in destinations:
@@ -94,8 +108,22 @@ class FederationRooms:
         ]
         if not local:
             return
+        self.outbox_cursor.begin(local)
+
+        async def job() -> None:
+            await self._send_out(room_id, local)
+            await self.outbox_cursor.done(local)
+
         # FIFO: batches are queued in the order the pipeline committed them.
-        self._queue(lambda: self._send_out(room_id, local), f"events of {room_id}")
+        self._queue(job, f"events of {room_id}")
+
+    async def catch_up_outbox(self) -> None:
+        """At start: queue our events that were committed but not yet handed to the outbox
+        when the server stopped (a crash between the two)."""
+        count = await self.outbox_cursor.catch_up(self._is_local, self._send_out)
+        if count:
+            logger.info("queued %d events for other servers that were committed before the"
+                        " last stop but not yet queued", count)
 
     def _is_local(self, user_id: str) -> bool:
         try:
@@ -121,7 +149,25 @@ class FederationRooms:
 
     def _queue(self, job: Callable[[], Coroutine[Any, Any, None]], what: str) -> None:
         async def run() -> None:
-            await job()
+            # The events are committed already: if the database is down now, keep trying
+            # (holding the FIFO, so the order stays) rather than never tell the other
+            # servers. A retried job may queue a PDU twice; receivers dedupe by event ID.
+            delay = 0.5
+            waited = 0.0
+            while True:
+                try:
+                    await job()
+                    return
+                except DatabaseUnavailable as e:
+                    if waited >= QUEUE_RETRY_SECONDS or self.s.db.closed:
+                        # Out of patience, or shut down (the database will not return in
+                        # this process): give up, logged, rather than hold the process open.
+                        raise
+                    logger.warning("queueing %s: %s; retrying in %.1fs", what, e, delay)
+                    await task.deferLater(self.s.federation_sender.reactor, delay,
+                                          lambda: None)
+                    waited += delay
+                    delay = min(delay * 2, 30.0)
 
         d: defer.Deferred[None] = self._out_lock.run(run)
         d.addErrback(lambda f: logger.error("queueing %s failed: %s", what, f.getTraceback()))
@@ -246,6 +292,10 @@ class FederationRooms:
         for pdu in pdus:
             if not isinstance(pdu, dict) or not isinstance(pdu.get("room_id"), str):
                 continue
+            retracted = await self.invites.on_retraction(origin, pdu)
+            if retracted is not None:
+                results[retracted[0]] = retracted[1]
+                continue
             rv = await self.room_version(pdu["room_id"])
             if rv is None:
                 # Not a room we are in: nothing to do with it.
@@ -292,16 +342,18 @@ class FederationRooms:
 
     async def receive(self, origin: str, event: Event, depth: int = 0) -> ReceivedResult:
         """The pipeline's receive, fetching missing prev events (get_missing_events) and
-        missing auth events (/event) from ``origin`` once."""
+        missing auth events (/event) from ``origin`` once, then filling a gap that is left
+        with the state before it (``GapFiller``)."""
         try:
             return await self.s.pipeline.receive(event)
         except MissingEvents as e:
             if depth > 0:
                 raise
             missing = set(e.event_ids)
+        budget = Budget()
         prevs = missing & set(event.prev_event_ids)
         if prevs:
-            await self._get_missing_events(origin, event)
+            await self._get_missing_events(origin, event, budget)
         still = [m for m in missing if await self.s.events.get_event(m) is None]
         for event_id in still[:MAX_FETCHED_AUTH]:
             fetched = await self._fetch_event(origin, event_id, event.room_version)
@@ -310,9 +362,19 @@ class FederationRooms:
                     await self.receive(origin, fetched, depth + 1)
                 except MissingEvents:
                     logger.info("cannot fill the gap before %s", event_id)
-        return await self.s.pipeline.receive(event)
+        return await self._receive_or_fill(origin, event, budget)
 
-    async def _get_missing_events(self, origin: str, event: Event) -> None:
+    async def _receive_or_fill(self, origin: str, event: Event,
+                               budget: Budget) -> ReceivedResult:
+        try:
+            return await self.s.pipeline.receive(event)
+        except MissingEvents as e:
+            prevs = [p for p in e.event_ids if p in event.prev_event_ids]
+            if not prevs:
+                raise
+        return await self.gaps.fill(origin, event, prevs, budget)
+
+    async def _get_missing_events(self, origin: str, event: Event, budget: Budget) -> None:
         room = await self.s.events.get_room(event.room_id)
         earliest = list(room.extremities) if room is not None else []
         try:
@@ -337,9 +399,10 @@ class FederationRooms:
             if ev.room_id != event.room_id:
                 continue
             try:
-                await self.receive(origin, ev, 1)
-            except MissingEvents:
-                logger.info("gap before %s remains", ev.event_id)
+                # The oldest of them may still have a gap before it: filled from its state.
+                await self._receive_or_fill(origin, ev, budget)
+            except (MissingEvents, PduRejected) as e:
+                logger.info("gap before %s remains: %s", ev.event_id, e)
 
     async def _fetch_event(self, origin: str, event_id: str, rv: RoomVersion) -> Event | None:
         try:
@@ -473,12 +536,17 @@ class FederationRooms:
             await self.check_acl(room_id, origin)
         if rv is None or not await self._has_local_members(room_id):
             raise MatrixError(404, Codes.NOT_FOUND, f"This server is not in room {room_id}")
+        await self.s.rooms.check_not_blocked(room_id)
         if rv.identifier not in versions:
             raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION",
                               f"Room version {rv.identifier} is not supported by {origin}",
                               room_version=rv.identifier)
-        _, template = await self.s.pipeline.template(
-            room_id, MEMBER, user_id, {"membership": "join"}, user_id)
+        content: JsonDict = {"membership": "join"}
+        authoriser = await join_authoriser(self.s, rv, room_id, user_id)
+        if authoriser is not None:
+            # A restricted room: one of our users vouches for the join.
+            content["join_authorised_via_users_server"] = authoriser
+        _, template = await self.s.pipeline.template(room_id, MEMBER, user_id, content, user_id)
         return {"event": template, "room_version": rv.identifier}
 
     async def make_leave(self, origin: str, room_id: str, user_id: str) -> JsonDict:
@@ -500,6 +568,8 @@ class FederationRooms:
         if rv is None:
             raise MatrixError(404, Codes.NOT_FOUND, f"Unknown room {room_id}")
         await self.check_acl(room_id, origin)
+        if membership == "join":
+            pdu = await countersign_join(self.s, rv, room_id, pdu)
         try:
             event = await self.check_pdu(pdu, rv)
         except PduRejected as e:
@@ -585,10 +655,14 @@ class FederationRooms:
     # == joins, joining side =================================================================
     async def join_remote(self, room_id: str, user_id: str, servers: Sequence[str],
                           content: Mapping[str, Any]) -> str:
-        """Join a room this server is not in through one of ``servers`` (tried in turn)."""
+        """Join a room this server is not in through one of ``servers`` (tried in turn),
+        after the server that invited the user, before the servers our stale view of a room
+        we left knows."""
         errors = []
+        refusals = []
         versions = sorted(KNOWN_ROOM_VERSIONS)
-        for server in dict.fromkeys(servers):
+        inviters = await self.invites.inviter_servers(room_id, user_id)
+        for server in dict.fromkeys([*inviters, *servers, *await self._stale_servers(room_id)]):
             if server == self.server_name:
                 continue
             try:
@@ -597,6 +671,12 @@ class FederationRooms:
                     TypeError) as e:
                 logger.info("joining %s via %s failed: %s", room_id, server, e)
                 errors.append(f"{server}: {e}")
+                if isinstance(e, HttpResponseError) and e.status == 403:
+                    refusals.append(f"{server}: {e.error or e}")
+        if refusals:
+            # A resident server said no (banned, not invited, ...): the client's 403.
+            raise MatrixError(403, Codes.FORBIDDEN,
+                              f"Not allowed to join {room_id}: " + "; ".join(refusals))
         raise MatrixError(404, Codes.NOT_FOUND,
                           f"No server could be reached to join {room_id}: " + "; ".join(errors)
                           if errors else f"No server known to join {room_id} through")
@@ -609,18 +689,14 @@ class FederationRooms:
             {"ver": list(versions)})
         rv = get_room_version(response["room_version"])
         template = response["event"]
-        pdu: JsonDict = {
-            k: template[k] for k in ("type", "room_id", "sender", "state_key", "depth",
-                                     "prev_events", "auth_events") if k in template
-        }
-        if (pdu.get("type") != MEMBER or pdu.get("sender") != user_id
-                or pdu.get("state_key") != user_id or pdu.get("room_id") != room_id):
-            raise ValueError("make_join returned a template for something else")
-        extra = template.get("content") if isinstance(template.get("content"), dict) else {}
-        pdu["content"] = {**extra, **content, "membership": "join"}
-        pdu["origin_server_ts"] = self.s.clock.time_ms()
-        pdu = sign_event(add_hashes(pdu), rv, self.s.pipeline.signing_key, self.server_name)
-        join = Event(pdu, rv)
+        offered = template.get("content") if isinstance(template, dict) else None
+        extra: dict[str, Any] = offered if isinstance(offered, dict) else {}
+        join = membership_from_template(
+            room_version=rv, template=template, room_id=room_id, user_id=user_id,
+            content={**extra, **content, "membership": "join"},
+            origin_server_ts=self.s.clock.time_ms(), signing_key=self.s.pipeline.signing_key,
+            server_name=self.server_name)
+        pdu = join.pdu_json()
         response = await client.put_json(
             server, f"/_matrix/federation/v2/send_join/{q(room_id)}/{q(join.event_id)}", pdu)
         if isinstance(response.get("event"), dict):
@@ -705,10 +781,22 @@ class FederationRooms:
 
     async def should_join_remotely(self, room_id: str) -> bool:
         """Join through another server: we do not know the room, or no local user is in
-        it any more (our view of it may be stale)."""
+        it any more (our view of it may be stale) and other servers were."""
         if not await self.s.pipeline.room_exists(room_id):
             return True
-        return False
+        if await self._has_local_members(room_id):
+            return False
+        return bool(await self._stale_servers(room_id))
+
+    async def _stale_servers(self, room_id: str) -> list[str]:
+        """For a room no local user is joined to: the other servers with members joined
+        when we last knew it."""
+        if not await self.s.pipeline.room_exists(room_id):
+            return []
+        servers = await self.joined_servers(room_id)
+        if self.server_name in servers:
+            return []
+        return sorted(d for d in servers if server_allowed(self.s.config, d))
 
     def room_servers(self, room_id: str) -> list[str]:
         """The server in a (pre-v12) room ID, a last resort to join through."""

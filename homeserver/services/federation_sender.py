@@ -15,6 +15,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+from prometheus_client import Counter
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
@@ -32,6 +33,19 @@ MAX_PDUS_PER_TXN = 50
 MAX_EDUS_PER_TXN = 100
 MIN_RETRY_MS = 10_000
 MAX_RETRY_MS = 3600_000
+
+# Per destination: the set of peers is what operators watch, and it is bounded by the servers
+# we share rooms with.
+SENT_TXNS = Counter(
+    "homeserver_federation_transactions_sent", "Transactions a peer accepted", ["destination"]
+)
+SENT_ITEMS = Counter(
+    "homeserver_federation_items_sent", "PDUs and EDUs a peer accepted", ["destination", "kind"]
+)
+SEND_FAILURES = Counter(
+    "homeserver_federation_send_failures", "Failed attempts to send a transaction",
+    ["destination"],
+)
 
 
 def next_backoff(previous: Backoff | None, now: int) -> Backoff:
@@ -124,6 +138,14 @@ class FederationSender:
             await self.store.set_backoff(destination, None)
             self.wake(destination)
 
+    async def reset_backoff(self, destination: str) -> None:
+        """Operator action (admin API): forget the backoff and send what is queued now."""
+        timer = self._timers.pop(destination, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        await self.store.set_backoff(destination, None)
+        self.wake(destination)
+
     async def _run(self, destination: str) -> None:
         backoff = await self.store.get_backoff(destination)
         now = self.clock.time_ms()
@@ -162,7 +184,13 @@ class FederationSender:
             for event_id, result in (response or {}).get("pdus", {}).items():
                 if isinstance(result, dict) and result.get("error"):
                     logger.info("%s rejected %s: %s", destination, event_id, result["error"])
-            await self.store.acknowledge(destination, [i.position for i in items])
+            await self.store.acknowledge(destination, [i.position for i in items],
+                                         success_ts=self.clock.time_ms())
+            SENT_TXNS.labels(destination).inc()
+            for kind in ("pdu", "edu"):
+                n = sum(1 for i in items if i.kind == kind)
+                if n:
+                    SENT_ITEMS.labels(destination, kind).inc(n)
             self._peer_back.discard(destination)
             if backoff is not None:
                 await self.store.set_backoff(destination, None)
@@ -171,6 +199,7 @@ class FederationSender:
     async def _failed(
         self, destination: str, previous: Backoff | None, error: Exception
     ) -> None:
+        SEND_FAILURES.labels(destination).inc()
         if destination in self._peer_back:
             # It came back while this attempt was failing: try again straight away.
             self._peer_back.discard(destination)

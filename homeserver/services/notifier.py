@@ -14,7 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Counter, Gauge
 from twisted.internet import defer
+
+SYNC_WAITING = Gauge("homeserver_sync_long_polls", "Requests waiting for something new (/sync)")
+SYNC_WAKEUPS = Counter(
+    "homeserver_sync_wakeups", "Waiting requests woken, by why", ["reason"]
+)
 
 
 class Notifier(ABC):
@@ -86,6 +92,8 @@ class InProcessNotifier(Notifier):
         for waiter in woken:
             if position > waiter.since.get(stream, 0):
                 waiter.woken[stream] = max(position, waiter.woken.get(stream, 0))
+                if not waiter.deferred.called:
+                    SYNC_WAKEUPS.labels("notified").inc()
                 self._wake(waiter)
 
     def _pending(self, user_id: str, rooms: Iterable[str], since: dict[str, int]) -> dict[str, int]:
@@ -114,13 +122,20 @@ class InProcessNotifier(Notifier):
         self._by_user.setdefault(user_id, set()).add(waiter)
         for room in rooms:
             self._by_room.setdefault(room, set()).add(waiter)
-        timer = self._reactor.callLater(timeout_ms / 1000.0, self._wake, waiter)
+        timer = self._reactor.callLater(timeout_ms / 1000.0, self._timed_out, waiter)
+        SYNC_WAITING.inc()
         try:
             return await waiter.deferred
         finally:
+            SYNC_WAITING.dec()
             if timer.active():
                 timer.cancel()
             self._forget(waiter)
+
+    def _timed_out(self, waiter: _Waiter) -> None:
+        if not waiter.deferred.called:
+            SYNC_WAKEUPS.labels("timeout").inc()
+        self._wake(waiter)
 
     def _wake(self, waiter: _Waiter) -> None:
         self._forget(waiter)

@@ -29,6 +29,7 @@ from homeserver.clock import Clock
 from homeserver.config.model import PresenceConfig
 from homeserver.http.errors import Codes, MatrixError, forbidden
 from homeserver.services.events import EventsService
+from homeserver.storage.cache import LruCache
 from homeserver.storage.events import StoredEvent
 from homeserver.storage.presence import PresenceRow, PresenceStore
 from homeserver.storage.state import StateStore
@@ -70,6 +71,9 @@ class PresenceService:
         self.clock = clock
         self.reactor = reactor
         self._live: dict[str, _Live] = {}
+        # Local users found offline (or never seen) by ``bump_active``: their next message
+        # needs no read, as every change of a local user's row goes through ``_update``.
+        self._offline: LruCache[str, bool] = LruCache(100_000)
         self._locks: dict[str, defer.DeferredLock] = {}
         self._loop: task.LoopingCall | None = None
         # Called with each stored change (the federation sender's m.presence EDUs).
@@ -161,6 +165,7 @@ class PresenceService:
                 if live is not None and live.row.state != OFFLINE:
                     self._live.setdefault(user_id, live)
                 return
+            self._offline.pop(user_id)
             position = await self.store.put(row)
             row = replace(row, stream_id=position)
             for hook in self.on_change:
@@ -282,6 +287,8 @@ class PresenceService:
         if live is not None and live.row.state == ONLINE and live.row.currently_active:
             live.last_active = now
             return
+        if live is None and self._offline.get(user_id):
+            return  # sending is not connecting (below): still offline, nothing to read
 
         def change(live: _Live | None, now: int) -> PresenceRow | None:
             if live is None or live.row.state == OFFLINE:
@@ -290,6 +297,8 @@ class PresenceService:
             return replace(live.row, state=ONLINE, last_active_ts=now, currently_active=True)
 
         await self._update(user_id, change)
+        if user_id not in self._live:
+            self._offline.set(user_id, True)
 
     def _tick(self) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._check_timers())

@@ -12,17 +12,24 @@ from homeserver.clock import Clock
 from homeserver.config import Config
 from homeserver.config.model import RateLimit
 from homeserver.services.accounts import AccountService
+from homeserver.services.admin import AdminServices, build_admin
+from homeserver.services.appservice.client import AppServiceClient
+from homeserver.services.appservice.registration import load_registrations
+from homeserver.services.appservice.service import AppServices
 from homeserver.services.auth import AuthService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.e2ee import E2eeServices, build_e2ee
 from homeserver.services.events import EventsService
+from homeserver.services.federation_directory import FederationDirectory
 from homeserver.services.federation_in import FederationRooms
 from homeserver.services.federation_policy import outbound_gate
 from homeserver.services.federation_sender import FederationSender
 from homeserver.services.hierarchy import HierarchyService
 from homeserver.services.keyring import Keyring
 from homeserver.services.media import MediaService
+from homeserver.services.media.fetcher import FederationMediaFetcher
 from homeserver.services.notifier import InProcessNotifier, Notifier
+from homeserver.services.openid import OpenIdService
 from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
 from homeserver.services.push import PushService, PushSettings
@@ -30,21 +37,26 @@ from homeserver.services.ratelimit import Ratelimiter
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.relations import RelationsService
 from homeserver.services.room_reports import RoomReportService
+from homeserver.services.room_summary import RoomSummaryService
 from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
 from homeserver.services.state import StateService
-from homeserver.services.sync import SyncService, device_list_position
+from homeserver.services.sync import SyncService
+from homeserver.services.threepid import EMAIL_IDENTITY, ThreepidService
 from homeserver.services.typing import TypingService
 from homeserver.services.uia import UiaService
 from homeserver.services.upgrade import UpgradeService
 from homeserver.storage import Database
 from homeserver.storage.account_data import AccountDataStore
+from homeserver.storage.appservice import AppServiceStore
+from homeserver.storage.cache import configure as configure_caches
 from homeserver.storage.devices import DeviceStore
 from homeserver.storage.engine import StreamNote
 from homeserver.storage.events import EventStore
 from homeserver.storage.federation_queue import FederationQueueStore
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.media import MediaStore
+from homeserver.storage.openid import OpenIdStore
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.profiles import ProfileStore
 from homeserver.storage.push import PushStore
@@ -66,6 +78,7 @@ class RateLimiters:
     login_failures_per_account: Ratelimiter
     registration_per_address: Ratelimiter
     messages_per_user: Ratelimiter
+    media_uploads_per_user: Ratelimiter
 
 
 @dataclass
@@ -115,8 +128,18 @@ class Services:
     room_reports: RoomReportService = field(init=False)
     # Full-text search of room events.
     search: SearchService = field(init=False)
-    # Space hierarchies.
+    # Space hierarchies, and room summaries (previews) built on the same access rules.
     hierarchy: HierarchyService = field(init=False)
+    room_summary: RoomSummaryService = field(init=False)
+    # Public rooms and hierarchies to and from other servers; OpenID tokens.
+    federation_directory: FederationDirectory = field(init=False)
+    openid: OpenIdService = field(init=False)
+    # Email addresses on accounts (and the mailer behind email pushers).
+    threepids: ThreepidService = field(init=False)
+    # Application services (bridges, bots): registrations, delivery, queries.
+    appservices: AppServices = field(init=False)
+    # The admin API's services, server notices and the retention job.
+    admin: AdminServices = field(init=False)
 
 
 def build_services(
@@ -128,6 +151,8 @@ def build_services(
     clock: Clock | None = None,
 ) -> Services:
     the_clock = clock or Clock()
+    # Before any store or service makes its caches.
+    configure_caches(config.caches.global_factor, config.caches.sizes)
     federation_client = FederationClient(
         reactor,
         server_name=config.server_name,
@@ -136,6 +161,10 @@ def build_services(
             verify_tls=not config.outbound.accept_self_signed,
             allow_private_addresses=config.outbound.allow_private_addresses,
             static_map=config.federation.static_servers,
+            timeout_s=float(config.federation.request_timeout_seconds),
+            max_response_size=config.federation.max_response_bytes,
+            max_concurrent_per_destination=(
+                config.federation.max_concurrent_requests_per_destination),
         ),
         gate=outbound_gate(config),
     )
@@ -175,6 +204,7 @@ def build_services(
             login_failures_per_account=limiter(rl.login_failures_per_account),
             registration_per_address=limiter(rl.registration_per_address),
             messages_per_user=limiter(rl.messages_per_user),
+            media_uploads_per_user=limiter(rl.media_uploads_per_user),
         ),
         federation_client=federation_client,
         keyring=Keyring(config, ServerKeyStore(db), federation_client, signing_key, the_clock),
@@ -204,11 +234,11 @@ def build_services(
             ),
         ),
     )
+    services.media.set_remote_fetcher(FederationMediaFetcher(federation_client))
     services.accounts.on_deactivate.append(services.e2ee.on_deactivate)
     services.accounts.on_deactivate.append(services.rooms.on_deactivate)
     services.accounts.on_deactivate.append(services.push.on_deactivate)
     services.profiles.on_change.append(services.rooms.on_profile_change)
-    services.e2ee.keys.set_shared_users_source(services.rooms.users_sharing_rooms)
     services.directory = DirectoryService(
         config=config, pipeline=services.pipeline, users=services.users
     )
@@ -220,10 +250,42 @@ def build_services(
     services.hierarchy = HierarchyService(
         pipeline=services.pipeline, directory=services.directory
     )
+    services.room_summary = RoomSummaryService(
+        pipeline=services.pipeline, directory=services.directory, hierarchy=services.hierarchy
+    )
     _build_sync(services, reactor)
     services.federation = FederationRooms(services)
+    services.federation_directory = FederationDirectory(services)
+    services.openid = OpenIdService(OpenIdStore(db), the_clock, config.server_name)
+    services.admin = build_admin(services, reactor)
     services.receipts.on_receipt.append(services.push.on_receipt)
+    _build_email(services, reactor)
+    _build_appservices(services, reactor)
     return services
+
+
+def _build_appservices(services: Services, reactor: Any) -> None:
+    """Load the registration files (a bad one is a ConfigError naming file and field) and
+    wire delivery: new events, ephemeral streams and typing wake the senders."""
+    config = services.config
+    services.appservices = AppServices(
+        load_registrations(
+            config.app_service_config_files, config.server_name,
+            allow_private=config.app_services_may_use_private_addresses,
+        ),
+        store=AppServiceStore(services.db, config.server_name), users=services.users,
+        events=services.events,
+        client=AppServiceClient(
+            reactor, verify_tls=not config.outbound.accept_self_signed,
+            allow_private=config.app_services_may_use_private_addresses,
+        ),
+        time_ms=services.clock.time_ms, reactor=reactor,
+    )
+    if services.appservices.all:
+        services.auth.appservices = services.appservices
+        services.pipeline.on_persisted.append(services.appservices.on_persisted)
+        services.db.on_commit.append(services.appservices.on_commit)
+        services.typing.on_change.append(services.appservices.on_typing)
 
 
 def _build_sync(services: Services, reactor: Any) -> None:
@@ -256,4 +318,26 @@ def _build_sync(services: Services, reactor: Any) -> None:
             notifier.notify(note.stream, note.position, rooms=note.rooms, users=note.users)
 
     s.db.on_commit.append(wake)
-    s.e2ee.keys.device_list_position_from_token = device_list_position
+
+
+def _build_email(services: Services, reactor: Any) -> None:
+    """Email addresses on accounts and email pushers, when ``email`` is configured."""
+    from homeserver.services.email.mailer import Mailer
+    from homeserver.services.push.email import EmailPushers
+    from homeserver.storage.threepids import ThreepidStore
+
+    config = services.config
+    mailer = Mailer(config.email, reactor) if config.email.enabled else None
+    services.threepids = ThreepidService(config, ThreepidStore(services.db), mailer,
+                                         services.clock)
+    services.accounts.on_deactivate.append(services.threepids.on_deactivate)
+    if mailer is None:
+        return
+    services.uia.stage_hooks[EMAIL_IDENTITY] = services.threepids.uia_stage
+    if config.email.enable_notifications:
+        services.push.set_email(EmailPushers(
+            store=services.push.store, pipeline=services.pipeline, mailer=mailer,
+            clock=services.clock, reactor=reactor,
+            delay_ms=config.email.notification_delay_ms, app_name=config.email.app_name,
+            include_content=config.push.include_content,
+        ))

@@ -157,6 +157,15 @@ class RoomService:
         # Adds bundled aggregations (``unsigned.m.relations``) to served events; set by
         # ``services.relations``.
         self.bundler: Bundler | None = None
+        # Has an invite of a remote user countersigned by their server before it is
+        # persisted; set by ``services.federation_invites``.
+        self.remote_inviter: Callable[[Event, RoomView], Awaitable[Event]] | None = None
+        # Fetches history from other servers when a page reaches where ours stops
+        # (room_id, lowest depth, highest depth or None) -> whether anything was stored;
+        # set by ``services.backfill``.
+        self.backfiller: Callable[[str, int, int | None], Awaitable[bool]] | None = None
+        # Whether operators blocked a room (set by the admin services): nobody joins it.
+        self.blocked: Callable[[str], Awaitable[bool]] | None = None
 
     # == creating rooms =====================================================================
 
@@ -175,6 +184,7 @@ class RoomService:
         power_level_content_override: Mapping[str, Any] | None = None,
         room_version: str | None = None,
         room_alias_name: str | None = None,
+        encrypt_by_default: bool = True,
     ) -> CreatedRoom:
         """POST /createRoom. Every event is authorised and the room, its events and its alias
         are stored in one transaction, so a failure leaves nothing behind."""
@@ -260,7 +270,7 @@ class RoomService:
         # Encrypted by default (config encryption.by_default): every room, or private chats
         # and DMs; an explicit m.room.encryption in initial_state wins.
         policy = self.config.encryption.by_default
-        if (policy == "all" or (policy == "private" and (
+        if encrypt_by_default and (policy == "all" or (policy == "private" and (
             preset in ("private_chat", "trusted_private_chat") or is_direct
         ))) and ENCRYPTION not in preset_state:
             preset_state[ENCRYPTION] = {"algorithm": MEGOLM}
@@ -270,7 +280,12 @@ class RoomService:
             preset_state[("m.room.topic", "")] = _topic_content(topic)
         for (t, sk), content in preset_state.items():
             specs.append(EventSpec(t, requester, content, state_key=sk))
+        # Remote invitees are invited once the room exists: their servers countersign.
+        remote_invitees = [u for u in invitees
+                           if self.remote_inviter is not None and get_domain(u) != self.server_name]
         for user_id in invitees:
+            if user_id in remote_invitees:
+                continue
             content = {"membership": "invite", **await self._profile_content(user_id)}
             if is_direct:
                 content["is_direct"] = True
@@ -285,6 +300,13 @@ class RoomService:
         except AliasInUse:
             raise MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken") from None
         logger.info("%s created room %s (version %s, %s)", requester, rid, rv.identifier, preset)
+        for user_id in remote_invitees:
+            try:
+                event_ids.append(await self.invite(rid, requester, user_id,
+                                                   is_direct=is_direct))
+            except MatrixError as e:
+                # The room exists; an unreachable invitee's server does not undo it.
+                logger.warning("inviting %s to %s failed: %s", user_id, rid, e)
         return CreatedRoom(rid, alias, event_ids)
 
     def _new_room_id(self) -> str:
@@ -323,6 +345,7 @@ class RoomService:
         *,
         txn_id: str | None = None,
         device_id: str | None = None,
+        ts: int | None = None,
     ) -> str:
         """PUT /rooms/{id}/send/{type}/{txnId} and PUT /rooms/{id}/state/{type}/{stateKey}.
 
@@ -345,7 +368,8 @@ class RoomService:
             )
         if event_type == "m.room.canonical_alias" and state_key == "":
             await self._check_canonical_alias(room_id, content)
-        spec = EventSpec(event_type, sender, dict(content), state_key=state_key, txn=txn)
+        spec = EventSpec(event_type, sender, dict(content), state_key=state_key, txn=txn,
+                         origin_server_ts=ts)
         if state_key is None:
             if event_type == "m.room.message" and self.config.encryption.require and (
                 await self.pipeline.current_state_event(room_id, ENCRYPTION) is not None
@@ -427,9 +451,12 @@ class RoomService:
         membership: str,
         extra: Mapping[str, Any] | None = None,
         check: Callable[[RoomView, Event | None], Any] | None = None,
+        countersign: Callable[[Event, RoomView], Awaitable[Event]] | None = None,
     ) -> str:
         if not is_valid_user_id(target):
             raise _bad(f"Invalid user ID {target!r}")
+        if membership in ("join", "invite", "knock"):
+            await self.check_not_blocked(room_id)
         content: JsonDict = {**(extra or {}), "membership": membership}
 
         async def prepare(view: RoomView) -> EventSpec | str:
@@ -440,9 +467,14 @@ class RoomService:
                     return verdict
             if membership == "join" and sender == target:
                 await self._add_join_authoriser(view, target, current, content)
-            return EventSpec(MEMBER, sender, content, state_key=target)
+            return EventSpec(MEMBER, sender, content, state_key=target,
+                             countersign=countersign)
 
         return (await self.pipeline.send(room_id, prepare)).event_id
+
+    async def check_not_blocked(self, room_id: str) -> None:
+        if self.blocked is not None and await self.blocked(room_id):
+            raise forbidden("This room has been blocked on this server")
 
     async def _add_join_authoriser(
         self, view: RoomView, user_id: str, current: Event | None, content: JsonDict
@@ -524,7 +556,9 @@ class RoomService:
                 return current.event_id
             return None
 
-        return await self._change_membership(room_id, sender, target, "invite", content, check)
+        remote = is_valid_user_id(target) and get_domain(target) != self.server_name
+        return await self._change_membership(room_id, sender, target, "invite", content, check,
+                                             self.remote_inviter if remote else None)
 
     async def leave(self, room_id: str, user_id: str, *, reason: str | None = None) -> str:
         """Leave, reject an invite or rescind a knock."""
@@ -694,9 +728,31 @@ class RoomService:
             )
             for e in events
         ]
+        if user_id is not None:
+            await self._add_membership(events, out, user_id)
         if self.bundler is not None and user_id is not None:
             await self.bundler(events, out, user_id)
         return out
+
+    async def _add_membership(self, events: Sequence[StoredEvent], out: list[JsonDict],
+                              user_id: str) -> None:
+        """``unsigned.membership`` (spec v1.11): the reader's membership in the state after
+        each event, ``leave`` when they had none. The read paths have just loaded these
+        (group, member) entries to check visibility, so this is mostly cache hits."""
+        key = (MEMBER, user_id)
+        states = await self.state_store.states_at_groups(
+            {e.state_group for e in events if e.state_group is not None},
+            StateFilter.from_keys([key]),
+        )
+        member_ids = {st[key] for st in states.values() if key in st}
+        members = await self.store.get_events(member_ids)
+        for e, o in zip(events, out, strict=True):
+            eid = states.get(e.state_group, {}).get(key)
+            member = members.get(eid) if eid is not None else None
+            value = member.event.content.get("membership") if member is not None else None
+            o.setdefault("unsigned", {})["membership"] = (
+                value if isinstance(value, str) else "leave"
+            )
 
     async def get_event(
         self, room_id: str, user_id: str, event_id: str, *, device_id: str | None = None
@@ -794,10 +850,6 @@ class RoomService:
         rows = await self.state_store.rooms_for_user(user_id, ["join"])
         return sorted(m.room_id for m in rows)
 
-    async def users_sharing_rooms(self, user_id: str) -> set[str]:
-        """Who shares a room with the user (E2EE device list tracking)."""
-        return await self.state_store.users_sharing_rooms(user_id)
-
     async def rooms_for_user(
         self, user_id: str, memberships: Iterable[str] | None = None
     ) -> dict[str, str]:
@@ -845,6 +897,12 @@ class RoomService:
         while not exhausted and not chunk and rounds < 5:
             rounds += 1
             rows = await self.store.paginate(room_id, position, end, backwards, limit)
+            if backwards and self.backfiller is not None and rounds == 1:
+                # Where the page reaches a gap in our copy of the history, fill it first.
+                low = rows[-1].depth if len(rows) >= limit else 0
+                high = position.depth if position is not None else None
+                if await self.backfiller(room_id, low, high):
+                    rows = await self.store.paginate(room_id, position, end, backwards, limit)
             if start_token is None and rows:
                 # No `from`: the page starts at the newest (or oldest) event.
                 first = rows[0]

@@ -14,9 +14,11 @@ from typing import Any
 
 from federation.events import Event, JsonDict
 from homeserver.http.errors import Codes, MatrixError
+from homeserver.services.events import MEMBER
 from homeserver.services.rooms import RoomService
 from homeserver.storage.events import StoredEvent
 from homeserver.storage.search import SEARCH_KEYS, SearchHit, SearchStore, search_words
+from homeserver.storage.state import StateFilter
 
 MAX_LIMIT = 100
 MAX_ROUNDS = 5
@@ -72,6 +74,8 @@ class SearchRequest:
     before_limit: int | None
     after_limit: int | None
     group_by: list[str] = field(default_factory=list)
+    include_state: bool = False
+    include_profile: bool = False
 
 
 def parse_request(body: dict[str, Any]) -> SearchRequest:
@@ -103,6 +107,7 @@ def parse_request(body: dict[str, Any]) -> SearchRequest:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise _bad("filter.limit must be a positive integer")
     before = after = None
+    include_profile = False
     ctx = spec.get("event_context")
     if ctx is not None:
         if not isinstance(ctx, dict):
@@ -113,6 +118,12 @@ def parse_request(body: dict[str, Any]) -> SearchRequest:
                 0 <= value <= MAX_CONTEXT
             ):
                 raise _bad(f"event_context.{name} must be an integer from 0 to {MAX_CONTEXT}")
+        include_profile = ctx.get("include_profile", False)
+        if not isinstance(include_profile, bool):
+            raise _bad("event_context.include_profile must be a boolean")
+    include_state = spec.get("include_state", False)
+    if not isinstance(include_state, bool):
+        raise _bad("include_state must be a boolean")
     group_by: list[str] = []
     groupings = spec.get("groupings")
     if groupings is not None:
@@ -127,6 +138,7 @@ def parse_request(body: dict[str, Any]) -> SearchRequest:
         term=term, keys=keys, order_by=order_by, limit=min(limit, MAX_LIMIT),
         room_filter=_str_list(flt, "rooms"), not_rooms=_str_list(flt, "not_rooms") or [],
         predicate=_predicate(flt), before_limit=before, after_limit=after, group_by=group_by,
+        include_state=include_state, include_profile=include_profile,
     )
 
 
@@ -192,8 +204,20 @@ class SearchService:
             if req.before_limit is not None and req.after_limit is not None:
                 item["context"] = await self._context(ev, user_id, req.before_limit,
                                                       req.after_limit, device_id)
+                if req.include_profile:
+                    item["context"]["profile_info"] = await self._profiles(
+                        ev, [event_json, *item["context"]["events_before"],
+                             *item["context"]["events_after"]])
             out_results.append(item)
-        body: JsonDict = {"results": out_results, "highlights": sorted(set(words))}
+        body: JsonDict = {
+            "results": out_results, "highlights": sorted(set(words)),
+            "count": await self.store.count(words, room_ids, req.keys),
+        }
+        if req.include_state:
+            body["state"] = {
+                room_id: await self.rooms.get_state(room_id, user_id)
+                for room_id in dict.fromkeys(ev.room_id for _, ev in results)
+            }
         token = None
         if more:
             token = f"r{offset}" if by_rank else f"s{before_stream}"
@@ -225,3 +249,19 @@ class SearchService:
             "start": ctx.start,
             "end": ctx.end,
         }
+
+    async def _profiles(self, ev: StoredEvent, events: list[JsonDict]) -> JsonDict:
+        """``profile_info``: display name and avatar of the senders of a result and its
+        context, from their member events in the state after the result (as Synapse)."""
+        senders = sorted({e["sender"] for e in events if isinstance(e.get("sender"), str)})
+        state = await self.rooms.state_store.state_at_group(
+            ev.state_group, StateFilter.from_keys([(MEMBER, u) for u in senders])
+        )
+        members = await self.events.get_events(state.values())
+        out: JsonDict = {}
+        for user in senders:
+            member = members.get(state.get((MEMBER, user), ""))
+            content = member.event.content if member is not None else {}
+            out[user] = {k: content[k] for k in ("displayname", "avatar_url")
+                         if isinstance(content.get(k), str)}
+        return out

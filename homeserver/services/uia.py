@@ -7,6 +7,7 @@ logged-in users, to the user: completing stages for one cannot be spent on anoth
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,8 @@ from homeserver.storage.users import UserStore
 DUMMY = "m.login.dummy"
 PASSWORD = "m.login.password"
 REGISTRATION_TOKEN = "m.login.registration_token"
+
+StageHook = Callable[[dict[str, Any], str, dict[str, Any]], Awaitable[str | None]]
 
 # Sessions older than this are forgotten.
 SESSION_LIFETIME_MS = 24 * 3600 * 1000
@@ -46,6 +49,9 @@ class UiaService:
         self.registration_tokens = registration_tokens
         self.clock = clock
         self.server_name = server_name
+        # Stages other services run (m.login.email.identity): (auth, action, values) → None
+        # when passed, else why not.
+        self.stage_hooks: dict[str, StageHook] = {}
 
     async def check(
         self,
@@ -86,7 +92,7 @@ class UiaService:
                 self._fail(flows, session_id, completed, Codes.UNRECOGNIZED,
                            f"Unknown auth stage {stage!r}", status=400)
             assert auth is not None
-            error = await self._run_stage(stage, auth, user_id, values)
+            error = await self._run_stage(stage, auth, user_id, values, action)
             if error is not None:
                 self._fail(flows, session_id, completed, Codes.FORBIDDEN, error)
             completed = await self.store.mark_completed(session_id, stage)
@@ -118,7 +124,8 @@ class UiaService:
         raise UiaRequired(body, errcode, error, status)
 
     async def _run_stage(
-        self, stage: str, auth: dict[str, Any], user_id: str | None, values: dict[str, Any]
+        self, stage: str, auth: dict[str, Any], user_id: str | None, values: dict[str, Any],
+        action: str = "",
     ) -> str | None:
         """None when the stage passed; otherwise why not."""
         if stage == DUMMY:
@@ -147,6 +154,9 @@ class UiaService:
                 return "Invalid registration token"
             values["registration_token"] = token
             return None
+        hook = self.stage_hooks.get(stage)
+        if hook is not None:
+            return await hook(auth, action, values)
         return f"Unsupported auth stage {stage!r}"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from homeserver.storage.e2ee import delete_device_keys_txn
+from homeserver.storage.e2ee import delete_device_keys_txn, note_device_list_change
 from homeserver.storage.engine import Database, Txn
 
 
@@ -137,12 +137,29 @@ class DeviceStore:
         return await self.db.run("get_device", txn_fn)
 
     async def set_display_name(self, user_id: str, device_id: str, name: str | None) -> bool:
+        """Rename a device; False when there is no such device. A device with published keys
+        goes on the device_lists stream: /keys/query shows its name to others
+        (``unsigned.device_display_name``), so their clients and servers re-query."""
+
         def txn_fn(txn: Txn) -> bool:
+            row = txn.execute(
+                "SELECT display_name FROM devices WHERE user_id = ? AND device_id = ?",
+                (user_id, device_id),
+            ).fetchone()
+            if row is None:
+                return False
+            if row[0] == name:
+                return True
             txn.execute(
                 "UPDATE devices SET display_name = ? WHERE user_id = ? AND device_id = ?",
                 (name, user_id, device_id),
             )
-            return txn.rowcount > 0
+            if txn.execute(
+                "SELECT 1 FROM e2e_device_keys WHERE user_id = ? AND device_id = ?",
+                (user_id, device_id),
+            ).fetchone():
+                note_device_list_change(txn, [user_id])
+            return True
 
         return await self.db.run("set_device_name", txn_fn)
 

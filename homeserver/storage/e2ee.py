@@ -185,15 +185,18 @@ class E2eKeyStore:
         return await self.db.run("otk_counts", _otk_counts, user_id, device_id)
 
     async def unused_fallback_key_types(self, user_id: str, device_id: str) -> list[str]:
-        def txn_fn(txn: Txn) -> list[str]:
-            rows = txn.execute(
-                "SELECT algorithm FROM e2e_fallback_keys"
-                " WHERE user_id = ? AND device_id = ? AND used = ? ORDER BY algorithm",
-                (user_id, device_id, False),
-            ).fetchall()
-            return [r[0] for r in rows]
+        return await self.db.run("unused_fallback_key_types", _unused_fallback_types, user_id,
+                                 device_id)
 
-        return await self.db.run("unused_fallback_key_types", txn_fn)
+    async def sync_key_counts(self, user_id: str, device_id: str
+                              ) -> tuple[dict[str, int], list[str]]:
+        """Both of the above in one transaction (every /sync response carries them)."""
+
+        def txn_fn(txn: Txn) -> tuple[dict[str, int], list[str]]:
+            return (_otk_counts(txn, user_id, device_id),
+                    _unused_fallback_types(txn, user_id, device_id))
+
+        return await self.db.run("sync_key_counts", txn_fn)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -549,6 +552,15 @@ def _store_fallback_key(txn: Txn, user_id: str, device_id: str, key: NewKey) -> 
         " VALUES (?, ?, ?, ?, ?, ?)",
         (user_id, device_id, key.algorithm, key.key_id, encoded, False),
     )
+
+
+def _unused_fallback_types(txn: Txn, user_id: str, device_id: str) -> list[str]:
+    rows = txn.execute(
+        "SELECT algorithm FROM e2e_fallback_keys"
+        " WHERE user_id = ? AND device_id = ? AND used = ? ORDER BY algorithm",
+        (user_id, device_id, False),
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 def _otk_counts(txn: Txn, user_id: str, device_id: str) -> dict[str, int]:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from prometheus_client import Histogram
+from prometheus_client import Gauge, Histogram
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorThreads
 from twisted.python.threadpool import ThreadPool
@@ -26,6 +26,16 @@ R = TypeVar("R")
 
 DB_TXN_SECONDS = Histogram(
     "homeserver_db_transaction_duration_seconds", "Database transaction time", ["name"]
+)
+# The pool: its size (SQLite: the one writer thread and connection; PostgreSQL: pool_max
+# threads, each holding a connection while it runs), how many run a transaction now, and how
+# many transactions wait for a free one.
+DB_POOL_SIZE = Gauge("homeserver_db_pool_size", "Database connections available", ["engine"])
+DB_POOL_IN_USE = Gauge(
+    "homeserver_db_pool_in_use", "Database connections running a transaction", ["engine"]
+)
+DB_POOL_WAITING = Gauge(
+    "homeserver_db_pool_waiting", "Transactions waiting for a connection", ["engine"]
 )
 
 # Transactions slower than this are logged, so slow queries show up before users notice.
@@ -92,18 +102,28 @@ class Database(ABC):
     def __init__(self, reactor: IReactorThreads, threads_: int) -> None:
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=1, maxthreads=threads_, name=f"db-{self.engine}")
+        self._threads = threads_
+        self._started = False
         self._closed = False
+        # Metric children resolved once: ``labels()`` costs more than the update itself, and
+        # every transaction makes four updates.
+        self._waiting = DB_POOL_WAITING.labels(self.engine)
+        self._in_use = DB_POOL_IN_USE.labels(self.engine)
+        self._txn_seconds: dict[str, Any] = {}
         # Called on the reactor thread with the ``StreamNote``s of each committed transaction.
         self.on_commit: list[Callable[[list[StreamNote]], None]] = []
 
     def start(self) -> None:
         self._pool.start()
+        self._started = True
+        DB_POOL_SIZE.labels(self.engine).inc(self._threads)
 
     async def run(self, desc: str, fn: Callable[..., R], *args: Any) -> R:
         """Run ``fn(txn, *args)`` in one transaction on a worker thread."""
         if self._closed:
             raise DatabaseUnavailable("the database is closed")
         notes: list[StreamNote] = []
+        self._waiting.inc()
 
         def noting(txn: Txn, *a: Any) -> R:
             result = fn(txn, *a)
@@ -130,16 +150,28 @@ class Database(ABC):
 
     def _run_in_thread(self, desc: str, fn: Callable[..., R], *args: Any) -> R:
         start = time.monotonic()
+        self._waiting.dec()
+        in_use = self._in_use
+        in_use.inc()
         try:
             return self._transaction(fn, *args)
         finally:
+            in_use.dec()
             elapsed = time.monotonic() - start
-            DB_TXN_SECONDS.labels(desc).observe(elapsed)
+            timer = self._txn_seconds.get(desc)
+            if timer is None:
+                timer = self._txn_seconds[desc] = DB_TXN_SECONDS.labels(desc)
+            timer.observe(elapsed)
             if elapsed > SLOW_TXN_SECONDS:
                 logger.warning("slow transaction %s took %.2fs", desc, elapsed)
 
     @abstractmethod
     def _transaction(self, fn: Callable[..., R], *args: Any) -> R: ...
+
+    @property
+    def closed(self) -> bool:
+        """Closed for good (shutdown), as opposed to unreachable for a while."""
+        return self._closed
 
     async def close(self) -> None:
         if self._closed:
@@ -150,6 +182,9 @@ class Database(ABC):
             self._reactor, self._pool, self._close_connections
         )
         self._pool.stop()
+        if self._started:
+            self._started = False
+            DB_POOL_SIZE.labels(self.engine).dec(self._threads)
 
     @abstractmethod
     def _close_connections(self) -> None: ...

@@ -33,6 +33,7 @@ from homeserver.storage.state import (
 )
 
 EVENTS_STREAM = "events"
+BACKFILL_STREAM = "backfill"
 
 def encode_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -285,6 +286,9 @@ class PersistRequest:
     key_nids: KeyNids
     now: int
     plan: HeadPlan | None = None
+    # History fetched from other servers (backfill): positions on the 'backfill' stream,
+    # stored negated, so the events sort before everything and never show up in /sync.
+    backfilled: bool = False
 
 
 @dataclass
@@ -325,7 +329,7 @@ def persist_many_txn(txn: Txn, requests: Sequence[PersistRequest]) -> list[Persi
     indexed = [(st.request, st.nids) for st in staged]
     index_relations_txn(txn, indexed)
     index_search_txn(txn, indexed)
-    total = sum(len(st.request.items) for st in staged)
+    total = sum(len(st.request.items) for st in staged if not st.request.backfilled)
     # From here on the 'events' stream row is locked until commit: keep it short.
     row = txn.execute(
         "UPDATE stream_positions SET position = position + ? WHERE stream = ?"
@@ -334,21 +338,36 @@ def persist_many_txn(txn: Txn, requests: Sequence[PersistRequest]) -> list[Persi
     ).fetchone()
     assert row is not None
     position = int(row[0]) - total + 1
+    back_total = sum(len(st.request.items) for st in staged if st.request.backfilled)
+    back_position = 0
+    if back_total:
+        row = txn.execute(
+            "UPDATE stream_positions SET position = position + ? WHERE stream = ?"
+            " RETURNING position",
+            (back_total, BACKFILL_STREAM),
+        ).fetchone()
+        assert row is not None
+        back_position = -int(row[0])
     plain_rows: list[tuple[Any, ...]] = []
     for st in staged:
         req = st.request
         for i, it in enumerate(req.items):
             ev = it.event
             nid = st.nids[ev.event_id]
-            st.result.events.append(PersistedEvent(nid, position, st.groups[i]))
+            if req.backfilled:
+                ordering = back_position
+                back_position += 1
+            else:
+                ordering = position
+                position += 1
+            st.result.events.append(PersistedEvent(nid, ordering, st.groups[i]))
             values = (
                 nid, req.room_id, ev.type, ev.state_key, ev.sender,
                 ev.membership if ev.type == "m.room.member" and ev.is_state() else None,
-                ev.depth, position, ev.origin_server_ts, req.now, st.encoded[i],
+                ev.depth, ordering, ev.origin_server_ts, req.now, st.encoded[i],
                 it.rejected, st.groups[i], st.nids[it.replaces] if it.replaces else None,
                 it.txn[0] if it.txn else None, it.txn[1] if it.txn else None, it.soft_failed,
             )
-            position += 1
             if it.txn is None:
                 plain_rows.append(values)
                 continue
@@ -610,7 +629,7 @@ class Alias:
 class EventStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._events: LruCache[str, StoredEvent] = LruCache(50_000)
+        self._events: LruCache[str, StoredEvent] = LruCache(50_000, "events")
         self._versions: dict[str, RoomVersion] = {}
         # Group commit: batches of different rooms that arrive while a transaction is in
         # flight go together into the next one (one stream advance, one commit).
@@ -672,6 +691,12 @@ class EventStore:
 
     def invalidate(self, event_id: str) -> None:
         self._events.pop(event_id)
+
+    def forget_room(self, room_id: str, event_ids: Iterable[str]) -> None:
+        """Forget cached rows of a purged room."""
+        self._versions.pop(room_id, None)
+        for event_id in event_ids:
+            self._events.pop(event_id)
 
     def cached(self, event_id: str) -> StoredEvent | None:
         return self._events.get(event_id)
@@ -743,6 +768,30 @@ class EventStore:
         events = await self.db.run("membership_changes", txn_fn)
         self.cache(events)
         return events
+
+    async def backward_extremities(
+        self, room_id: str, low: int, high: int | None, limit: int
+    ) -> list[tuple[str, str, int]]:
+        """Events we lack that the room's events at depths [low, high] cite as prev events
+        (where our copy of its history stops): (missing ID, citing event ID, its depth),
+        deepest first."""
+
+        def txn_fn(txn: Txn) -> list[tuple[str, str, int]]:
+            sql = ("SELECT n.event_id, rn.event_id, e.depth FROM events e"
+                   " JOIN event_edges ed ON ed.event_nid = e.event_nid"
+                   " JOIN event_nids n ON n.event_nid = ed.prev_nid"
+                   " JOIN event_nids rn ON rn.event_nid = e.event_nid"
+                   " WHERE e.room_id = ? AND e.depth >= ?")
+            args: list[Any] = [room_id, low]
+            if high is not None:
+                sql += " AND e.depth <= ?"
+                args.append(high)
+            sql += (" AND NOT EXISTS (SELECT 1 FROM events p WHERE p.event_nid = ed.prev_nid)"
+                    " ORDER BY e.depth DESC LIMIT ?")
+            rows = txn.execute(sql, [*args, limit]).fetchall()
+            return [(r[0], r[1], int(r[2])) for r in rows]
+
+        return await self.db.run("backward_extremities", txn_fn)
 
     async def latest_event_at(self, room_id: str, pos: Position) -> StoredEvent | None:
         """The last accepted event at or before ``pos`` (for state 'at' a token)."""

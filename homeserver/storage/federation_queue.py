@@ -66,12 +66,22 @@ class FederationQueueStore:
 
         return await self.db.run("federation_pending", txn_fn)
 
-    async def acknowledge(self, destination: str, positions: list[int]) -> None:
+    async def acknowledge(self, destination: str, positions: list[int],
+                          success_ts: int | None = None) -> None:
+        """Delete sent items; ``success_ts``: the destination accepted them then."""
+
         def txn_fn(txn: Txn) -> None:
             txn.executemany(
                 "DELETE FROM federation_outbox WHERE destination = ? AND position = ?",
                 [(destination, p) for p in positions],
             )
+            if success_ts is not None:
+                txn.execute(
+                    "INSERT INTO federation_destination_activity (destination,"
+                    " last_successful_ts) VALUES (?, ?) ON CONFLICT (destination)"
+                    " DO UPDATE SET last_successful_ts = ?",
+                    (destination, success_ts, success_ts),
+                )
 
         await self.db.run("federation_ack", txn_fn)
 
@@ -83,6 +93,17 @@ class FederationQueueStore:
             return [r[0] for r in rows]
 
         return await self.db.run("federation_destinations_pending", txn_fn)
+
+    async def queue_depths(self) -> dict[str, int]:
+        """How many items wait for each destination (metrics and the health report)."""
+
+        def txn_fn(txn: Txn) -> dict[str, int]:
+            rows = txn.execute(
+                "SELECT destination, count(*) FROM federation_outbox GROUP BY destination"
+            ).fetchall()
+            return {r[0]: int(r[1]) for r in rows}
+
+        return await self.db.run("federation_queue_depths", txn_fn)
 
     async def get_backoff(self, destination: str) -> Backoff | None:
         def txn_fn(txn: Txn) -> Backoff | None:

@@ -92,6 +92,13 @@ def _get(txn: Txn, origin: str, media_id: str) -> Media | None:
     return _media(row) if row else None
 
 
+def _usage(txn: Txn, user_id: str) -> int:
+    row = txn.execute(
+        "SELECT COALESCE(SUM(media_length), 0) FROM media WHERE user_id = ?", (user_id,)
+    ).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
 def _referenced(txn: Txn, sha256: str) -> bool:
     if txn.execute("SELECT 1 FROM media WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone():
         return True
@@ -110,10 +117,14 @@ class MediaStore:
     async def get(self, origin: str, media_id: str) -> Media | None:
         return await self.db.run("get_media", _get, origin, media_id)
 
-    async def insert(self, media: Media) -> None:
-        """A new local upload (or reserved ID); the caller picked a fresh random ID."""
+    async def insert(self, media: Media, quota: int | None = None) -> bool:
+        """A new local upload (or reserved ID); the caller picked a fresh random ID. With a
+        ``quota``, nothing is stored (False) if the user's uploads would then exceed it."""
 
-        def txn_fn(txn: Txn) -> None:
+        def txn_fn(txn: Txn) -> bool:
+            if quota is not None and media.user_id is not None and \
+                    _usage(txn, media.user_id) + (media.media_length or 0) > quota:
+                return False
             txn.execute(
                 f"INSERT INTO media ({_MEDIA_COLUMNS})"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -124,8 +135,13 @@ class MediaStore:
                     media.last_access_ts, media.thumbnail_state,
                 ),
             )
+            return True
 
-        await self.db.run("insert_media", txn_fn)
+        return await self.db.run("insert_media", txn_fn)
+
+    async def usage(self, user_id: str) -> int:
+        """Bytes of the user's uploads (each upload counted, even of identical content)."""
+        return await self.db.run("media_usage", _usage, user_id)
 
     async def reserve(self, media: Media, now_ms: int, max_pending: int) -> bool:
         """Reserve an ID for a later upload, unless the user already holds ``max_pending``
@@ -161,10 +177,11 @@ class MediaStore:
         length: int,
         media_type: str | None,
         upload_name: str | None,
+        quota: int | None = None,
     ) -> str:
         """Attach uploaded bytes to a reserved ID. Returns "ok", or why not: "not_found"
-        (never reserved, or expired), "forbidden" (reserved by someone else) or "exists"
-        (already uploaded to)."""
+        (never reserved, or expired), "forbidden" (reserved by someone else), "exists"
+        (already uploaded to) or "quota" (the user's uploads would exceed ``quota``)."""
 
         def txn_fn(txn: Txn) -> str:
             media = _get(txn, origin, media_id)
@@ -174,6 +191,8 @@ class MediaStore:
                 return "forbidden"
             if media.uploaded:
                 return "exists"
+            if quota is not None and _usage(txn, user_id) + length > quota:
+                return "quota"
             txn.execute(
                 "UPDATE media SET sha256 = ?, media_length = ?, media_type = ?,"
                 " upload_name = ?, unused_expires_ts = NULL"
@@ -183,6 +202,22 @@ class MediaStore:
             return "ok" if txn.rowcount == 1 else "exists"
 
         return await self.db.run("fill_reserved_media", txn_fn)
+
+    async def ensure_placeholder(
+        self, origin: str, media_id: str, now_ms: int, authenticated: bool
+    ) -> None:
+        """A row without a file for remote media too large to fetch, to hold the thumbnails
+        its origin sent (replaced by ``store_remote`` if the file is ever fetched)."""
+
+        def txn_fn(txn: Txn) -> None:
+            txn.execute(
+                "INSERT INTO media (origin, media_id, created_ts, authenticated,"
+                " last_access_ts, thumbnail_state) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (origin, media_id, now_ms, authenticated, now_ms, "origin"),
+            )
+
+        await self.db.run("media_placeholder", txn_fn)
 
     async def store_remote(self, media: Media) -> None:
         """Record a fetched copy of remote media (replacing a previous record of it)."""

@@ -40,7 +40,8 @@ def _text_of(event_type: str, content: Mapping[str, Any]) -> tuple[str, str] | N
     value = content.get(key.split(".", 1)[1])
     if not isinstance(value, str) or not value.strip():
         return None
-    return key, value
+    # PostgreSQL text cannot hold NUL; a remote event may carry one (only the index drops it).
+    return key, value.replace("\x00", " ")
 
 
 def index_search_txn(
@@ -146,3 +147,26 @@ class SearchStore:
             ]
 
         return await self.db.run("search_events", txn_fn)
+
+    async def count(self, words: Sequence[str], room_ids: Sequence[str],
+                    keys: Sequence[str]) -> int:
+        """How many indexed events match (before visibility and filters: the spec's count is
+        approximate, and Synapse's is this one)."""
+        if not words or not room_ids or not keys:
+            return 0
+
+        def txn_fn(txn: Txn) -> int:
+            rooms_in = ",".join("?" * len(room_ids))
+            keys_in = ",".join("?" * len(keys))
+            if txn.engine == "postgres":
+                sql = ("SELECT COUNT(*) FROM event_search s"
+                       " WHERE s.vector @@ to_tsquery('english', ?)")
+                args: list[Any] = [" & ".join(f"{w}:*" for w in words)]
+            else:
+                sql = "SELECT COUNT(*) FROM event_search s WHERE event_search MATCH ?"
+                args = [" ".join(f'"{w}"*' for w in words)]
+            sql += f" AND s.room_id IN ({rooms_in}) AND s.key IN ({keys_in})"
+            row = txn.execute(sql, [*args, *room_ids, *keys]).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self.db.run("search_count", txn_fn)

@@ -100,7 +100,7 @@ class KeyNids:
     """The process's view of interned state keys; entries never change once made."""
 
     def __init__(self, max_size: int = 200_000) -> None:
-        self.by_key: LruCache[StateKey, int] = LruCache(max_size)
+        self.by_key: LruCache[StateKey, int] = LruCache(max_size, "state_key_nids")
 
     def intern_txn(self, txn: Txn, keys: Iterable[StateKey]) -> dict[StateKey, int]:
         out: dict[StateKey, int] = {}
@@ -299,8 +299,10 @@ class StateStore:
         self.db = db
         self.key_nids = KeyNids()
         # Full state of a group; keyed lookups (group, key) for the small reads (visibility).
-        self._groups: LruCache[int, dict[StateKey, str]] = LruCache(128)
-        self._keyed: LruCache[tuple[int, StateKey], str | None] = LruCache(100_000)
+        self._groups: LruCache[int, dict[StateKey, str]] = LruCache(128, "state_groups")
+        self._keyed: LruCache[tuple[int, StateKey], str | None] = LruCache(
+            100_000, "state_group_keys"
+        )
 
     async def state_at_group(
         self, group: int, state_filter: StateFilter | None = None

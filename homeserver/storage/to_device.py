@@ -36,8 +36,11 @@ class ToDeviceMessage:
 
 
 class ToDeviceStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, max_per_device: int = 10_000) -> None:
         self.db = db
+        # A device's inbox keeps its newest ``max_per_device`` messages: one that never
+        # syncs (abandoned, lost) cannot grow the table without end.
+        self.max_per_device = max_per_device
 
     async def send(
         self,
@@ -84,6 +87,16 @@ class ToDeviceStore:
                     for (user_id, device_id), content in sorted(targets.items())
                 ],
             )
+            for user_id, device_id in sorted(targets):
+                # Past the bound, the oldest go (an index range: cheap while the inbox is
+                # small, at most max_per_device steps when it is full).
+                txn.execute(
+                    "DELETE FROM to_device_inbox WHERE user_id = ? AND device_id = ?"
+                    " AND stream_id <= (SELECT stream_id FROM to_device_inbox"
+                    "  WHERE user_id = ? AND device_id = ?"
+                    "  ORDER BY stream_id DESC LIMIT 1 OFFSET ?)",
+                    (user_id, device_id, user_id, device_id, self.max_per_device),
+                )
             # Remote users' messages go into the federation outbox in the same commit.
             enqueue_txn(txn, [
                 (destination, "edu", {"edu_type": "m.direct_to_device", "content": edu})

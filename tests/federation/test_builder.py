@@ -3,7 +3,12 @@ from __future__ import annotations
 import pytest
 from unpaddedbase64 import encode_base64
 
-from federation.builder import MAX_DEPTH_V6, EventBuildError, build_event
+from federation.builder import (
+    MAX_DEPTH_V6,
+    EventBuildError,
+    build_event,
+    membership_from_template,
+)
 from federation.hashes import check_content_hash, compute_reference_hash
 from federation.identifiers import is_valid_event_id
 from federation.pdu_checks import check_well_formed
@@ -194,3 +199,40 @@ def test_caller_content_not_mutated() -> None:
         redacts="$t",
     )
     assert content == {}
+
+
+@pytest.mark.parametrize("version", ["1", "10", "12"])
+def test_membership_from_template(version: str) -> None:
+    """make_join/make_leave/make_knock templates: only the DAG fields are taken, the content
+    is ours, the event is hashed and signed by us, and v1-format events get our ID."""
+    room = Room(get_room_version(version))
+    bob = "@bob:example.org"
+    prev = room.send("m.room.message", ALICE, {"body": "hi"})
+    template = {
+        "type": "m.room.member", "room_id": room.room_id, "sender": bob, "state_key": bob,
+        "depth": prev.depth + 1, "prev_events": prev.pdu_json()["prev_events"],
+        "auth_events": prev.pdu_json()["auth_events"], "origin": "evil.example",
+        "content": {"membership": "join", "displayname": "theirs"},
+        "hashes": {"sha256": "forged"}, "signatures": {"evil.example": {}},
+    }
+    ev = membership_from_template(
+        room_version=room.rv, template=template, room_id=room.room_id, user_id=bob,
+        content={"membership": "join"}, origin_server_ts=1234, signing_key=KEY,
+        server_name=SERVER)
+    assert ev.content == {"membership": "join"} and ev.origin_server_ts == 1234
+    assert "origin" not in ev.pdu_json() and "evil.example" not in ev.signatures
+    assert check_content_hash(ev.pdu_json())
+    verify_event_signatures(ev, LOOKUP)
+    check_well_formed(ev.pdu_json(), room.rv)
+    for field, value in (("sender", ALICE), ("state_key", ALICE), ("type", "m.room.message"),
+                         ("room_id", "!other:example.org")):
+        with pytest.raises(EventBuildError):
+            membership_from_template(
+                room_version=room.rv, template={**template, field: value},
+                room_id=room.room_id, user_id=bob, content={"membership": "join"},
+                origin_server_ts=1, signing_key=KEY, server_name=SERVER)
+    with pytest.raises(EventBuildError):
+        membership_from_template(
+            room_version=room.rv, template=["not", "a", "dict"], room_id=room.room_id,
+            user_id=bob, content={"membership": "leave"}, origin_server_ts=1,
+            signing_key=KEY, server_name=SERVER)

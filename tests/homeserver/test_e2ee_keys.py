@@ -11,9 +11,11 @@ import pytest_twisted
 from twisted.internet import defer
 
 from homeserver.services.registry import Services
-from tests.support.client import Client, User
+from homeserver.services.sync import SyncToken
+from tests.support.client import Client, User, q
 from tests.support.e2ee import Device, Ed25519, random_key
 from tests.support.server import RunningServer
+from tests.support.sync import create_room, join, leave, sync
 
 AUTHED = [
     ("POST", "/keys/upload", {}),
@@ -370,46 +372,64 @@ async def test_malformed_claim(hs: RunningServer, body: Any, errcode: str) -> No
 
 @pytest_twisted.ensureDeferred
 async def test_keys_changes(hs: RunningServer) -> None:
+    """/keys/changes between two /sync tokens: who changed keys among the users the caller
+    shares a room with (and who newly shares one), and with whom they stopped sharing
+    every room (``left``)."""
     c = Client(hs.client_url)
     alice = await _device(c, "alice")
     bob = await _device(c, "bob")
     keys = services(hs).e2ee.keys
-    start = await keys.current_device_list_position()
+    start = (await sync(c, alice.user))["next_batch"]
     await alice.upload(c, {"device_keys": alice.device_keys()})
     await bob.upload(c, {"device_keys": bob.device_keys()})
-    after_uploads = await keys.current_device_list_position()
-    assert after_uploads == start + 2
 
-    async def changes(who: Device, frm: int, to: int | None = None) -> Any:
-        path = f"/keys/changes?from={frm}" + (f"&to={to}" if to is not None else "")
-        r = await c.call("GET", path, None, who.token)
+    async def changes(frm: str, to: str | None = None) -> Any:
+        path = f"/keys/changes?from={q(frm)}" + (f"&to={q(to)}" if to is not None else "")
+        r = await c.call("GET", path, None, alice.token)
         assert r.status == 200, r.body
         return r.json()
 
-    # Without rooms nobody shares one: each user hears only of their own changes.
-    assert await changes(alice, start) == {"changed": [alice.user_id], "left": []}
-    # The rooms engineer's hook says who shares a room with whom.
-    async def everyone_shares(user_id: str) -> set[str]:
-        return {alice.user_id, bob.user_id}
-
-    keys.set_shared_users_source(everyone_shares)
-    assert await changes(alice, start) == {"changed": sorted([alice.user_id, bob.user_id]),
-                                           "left": []}
-    assert await changes(alice, start, start + 1) == {"changed": [alice.user_id], "left": []}
-    assert await changes(alice, after_uploads) == {"changed": [], "left": []}
+    # Without a shared room alice hears only of her own change.
+    assert await changes(start) == {"changed": [alice.user_id], "left": []}
+    uploaded = (await sync(c, alice.user))["next_batch"]
+    # bob joining a room with alice makes him someone she must query.
+    room = await create_room(c, alice.user, preset="public_chat")
+    await join(c, bob.user, room)
+    joined = (await sync(c, alice.user))["next_batch"]
+    assert await changes(uploaded) == {"changed": [bob.user_id], "left": []}
+    assert await changes(uploaded, joined) == {"changed": [bob.user_id], "left": []}
+    assert await changes(joined) == {"changed": [], "left": []}
     # Only keys that change count: a new OTK is not a device-list change.
     await bob.upload(c, {"one_time_keys": bob.one_time_keys(1)})
-    assert await changes(alice, after_uploads) == {"changed": [], "left": []}
+    assert await changes(joined) == {"changed": [], "left": []}
+    # Renaming a device with keys is (others see its name in /keys/query).
+    r = await c.call("PUT", f"/devices/{q(bob.device_id)}", {"display_name": "bob's phone"},
+                     bob.token)
+    assert r.status == 200, r.body
+    renamed = (await sync(c, alice.user))["next_batch"]
+    assert await changes(joined) == {"changed": [bob.user_id], "left": []}
+    query = await _query(c, alice, {bob.user_id: []})
+    assert query["device_keys"][bob.user_id][bob.device_id]["unsigned"] == {
+        "device_display_name": "bob's phone"}
     # Deleting a device with keys is.
     r = await c.call("POST", "/logout", {}, bob.token)
     assert r.status == 200
-    assert await changes(alice, after_uploads) == {"changed": [bob.user_id], "left": []}
-    # The function the sync engineer calls, with its own set of interesting users.
-    assert await keys.changed_users(alice.user_id, start, set()) == {alice.user_id}
-    assert await keys.changed_users(alice.user_id, start, {bob.user_id}) == {
+    logged_out = (await sync(c, alice.user))["next_batch"]
+    assert await changes(renamed) == {"changed": [bob.user_id], "left": []}
+    # bob leaves: alice no longer shares a room with him, so he is "left", not "changed".
+    r = await c.login("bob", bob.user.password)
+    assert r.status == 200, r.body
+    j = r.json()
+    await leave(c, User(j["user_id"], j["access_token"], j["device_id"], bob.user.password),
+                room)
+    assert await changes(logged_out) == {"changed": [], "left": [bob.user_id]}
+    # The function /sync calls, with its own set of interesting users.
+    start_position = SyncToken.parse(start).device_lists
+    assert await keys.changed_users(alice.user_id, start_position, set()) == {alice.user_id}
+    assert await keys.changed_users(alice.user_id, start_position, {bob.user_id}) == {
         alice.user_id, bob.user_id}
 
-    for bad in ("from=abc", "from=-1", "from=0&to=x", ""):
+    for bad in ("from=abc", "from=-1", "from=0", f"from={q(start)}&to=x", ""):
         r = await c.call("GET", f"/keys/changes?{bad}", None, alice.token)
         assert r.status == 400, bad
         assert r.json()["errcode"] in ("M_INVALID_PARAM", "M_MISSING_PARAM")

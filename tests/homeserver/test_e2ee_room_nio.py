@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from homeserver.config import DatabaseConfig, load_config
+from tests.support.e2ee import stored_events_json
 from tests.support.process import ServerProcess, write_config
 
 nio = pytest.importorskip("nio")
@@ -114,21 +115,8 @@ def test_encrypted_dm_between_two_users(server: ServerProcess, tmp_path: Any) ->
     asyncio.run(_flow(server.client_url, str(tmp_path)))
     # The server holds ciphertext only: no plaintext body anywhere in stored events.
     config = load_config(server.config_path)
-    if config.database.engine == "sqlite":
-        import sqlite3
-
-        conn = sqlite3.connect(config.database.target)
-        rows = conn.execute("SELECT json FROM events WHERE type = 'm.room.encrypted'").fetchall()
-        everything = conn.execute("SELECT json FROM events").fetchall()
-        conn.close()
-    else:
-        import psycopg
-
-        with psycopg.connect(config.database.target) as conn:
-            rows = conn.execute(
-                "SELECT json FROM events WHERE type = 'm.room.encrypted'").fetchall()
-            everything = conn.execute("SELECT json FROM events").fetchall()
-    assert len(rows) >= 3
-    blob = "\n".join(r[0] for r in everything)
+    stored = stored_events_json(config.database.engine, config.database.target)
+    assert sum(1 for t, _ in stored if t == "m.room.encrypted") >= 3
+    blob = "\n".join(j for _, j in stored)
     for secret in ("secret from alice", "secret from bob", "for every device"):
         assert secret not in blob

@@ -3,7 +3,6 @@ requests between servers, and remote profile lookups."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_twisted
@@ -15,21 +14,7 @@ from homeserver.config import DatabaseConfig
 from tests.support.client import Client, q
 from tests.support.databases import fresh_database
 from tests.support.http import request
-from tests.support.server import RunningServer, start_pair
-
-
-@pytest_twisted.async_yield_fixture
-async def pair(
-    engine: str, tmp_path: Any
-) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
-    with fresh_database(engine, str(tmp_path / "dba")) as db_a, \
-            fresh_database(engine, str(tmp_path / "dbb")) as db_b:
-        a, b = await start_pair(str(tmp_path), db_a, db_b)
-        try:
-            yield a, b
-        finally:
-            await a.stop()
-            await b.stop()
+from tests.support.server import RunningServer
 
 
 @pytest_twisted.ensureDeferred

@@ -4,7 +4,7 @@ must be refused (bad signatures, wrong content hashes, unauthorised events)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest_twisted
@@ -14,23 +14,11 @@ from federation.builder import build_event
 from federation.events import Event
 from federation.keys import generate_signing_key
 from homeserver.services.registry import Services
+
+# ``pair`` lives in tests/homeserver/conftest.py; other modules still import it from here.
 from tests.support.client import Client, User, q
 from tests.support.databases import fresh_database
 from tests.support.server import RunningServer, start_pair
-
-
-@pytest_twisted.async_yield_fixture
-async def pair(
-    engine: str, tmp_path: Any
-) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
-    with fresh_database(engine, str(tmp_path / "dba")) as db_a, \
-            fresh_database(engine, str(tmp_path / "dbb")) as db_b:
-        a, b = await start_pair(str(tmp_path), db_a, db_b)
-        try:
-            yield a, b
-        finally:
-            await a.stop()
-            await b.stop()
 
 
 def services(server: RunningServer) -> Services:
@@ -341,7 +329,7 @@ async def test_invite_only_room_joined_after_invite(
     room_id = r.json()["room_id"]
     # Not invited yet: the resident server refuses to make a join.
     r = await cb.call("POST", f"/join/{q(room_id)}?server_name=a.test", {}, bob.access_token)
-    assert r.status == 404, r.body
+    assert r.status == 403, r.body
     assert "a.test" in r.json()["error"]
     assert not await services(b).pipeline.room_exists(room_id)
     r = await ca.call("POST", f"/rooms/{q(room_id)}/invite", {"user_id": bob.user_id},
@@ -382,7 +370,7 @@ async def test_blocked_server_is_refused_both_ways(engine: str, tmp_path: Any) -
                 assert e.body["errcode"] == "M_FORBIDDEN"
                 assert "not allowed" in e.body["error"]
             r = await cb.call("POST", f"/join/{q(room_id)}?via=a.test", {}, bob.access_token)
-            assert r.status == 404
+            assert r.status == 403
             assert not await sb.pipeline.room_exists(room_id)
             members = await sa.state_store.members(room_id)
             assert [m.user_id for m in members] == [alice.user_id]
@@ -523,3 +511,39 @@ async def test_make_leave_and_send_leave(pair: tuple[RunningServer, RunningServe
     m = await sa.state_store.membership(room_id, bob.user_id)
     assert m is not None and m.membership == "leave"
     assert "b.test" not in await sa.federation.joined_servers(room_id)
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_missing_events_validates_its_request(
+    pair: tuple[RunningServer, RunningServer],
+) -> None:
+    from federation.transport.client import HttpResponseError
+
+    a, b = pair
+    ca, _cb, alice, _bob, room_id = await joined_room(a, b)
+    sa, sb = services(a), services(b)
+
+    async def joined_on_a() -> bool:
+        return "b.test" in await sa.federation.joined_servers(room_id)
+
+    await eventually(joined_on_a)
+    earliest = await send_text(ca, alice, room_id, "one", "m1")
+    await send_text(ca, alice, room_id, "two", "m2")
+    latest = await send_text(ca, alice, room_id, "three", "m3")
+    path = f"/_matrix/federation/v1/get_missing_events/{q(room_id)}"
+    got = await sb.federation_client.post_json(
+        "a.test", path, {"earliest_events": [earliest], "latest_events": [latest], "limit": 5})
+    assert [e["content"].get("body") for e in got["events"]] == ["two"]
+    bad: list[dict[str, Any]] = [
+        {"earliest_events": [earliest], "latest_events": [latest], "limit": True},
+        {"earliest_events": [earliest], "latest_events": [latest], "limit": "5"},
+        {"earliest_events": [earliest] * 21, "latest_events": [latest], "limit": 5},
+        {"earliest_events": [earliest], "latest_events": [latest] * 21, "limit": 5},
+        {"earliest_events": earliest, "latest_events": [latest], "limit": 5},
+    ]
+    for body in bad:
+        try:
+            await sb.federation_client.post_json("a.test", path, body)
+            raise AssertionError(f"accepted {body}")
+        except HttpResponseError as e:
+            assert (e.status, e.errcode) == (400, "M_BAD_JSON"), body

@@ -25,6 +25,15 @@ async def _tick(seconds: float = 0.01) -> None:
     await task.deferLater(reactor, seconds, lambda: None)  # type: ignore[arg-type]
 
 
+async def _until(check: Any, timeout: float = 10.0) -> None:
+    """Wait for a condition (requests take a while to arrive on a busy machine)."""
+    waited = 0.0
+    while not check():
+        assert waited < timeout, "condition not reached in time"
+        await _tick(0.02)
+        waited += 0.02
+
+
 class FakeFetcher:
     """Serves files from a dict, each fetch held until ``release()``."""
 
@@ -137,7 +146,8 @@ async def test_remote_media_fetched_once_and_cached(hs: RunningServer) -> None:
     downloads = [defer.ensureDeferred(m.download("mxc://remote.org/pic", token))
                  for _ in range(6)]
     thumb = defer.ensureDeferred(m.thumbnail("mxc://remote.org/pic", token, 96, 96, "crop"))
-    await _tick(0.1)
+    flight = hs.hs.services.media._remote_flight  # type: ignore[union-attr]
+    await _until(lambda: flight.waiting(("remote.org", "pic")) == 7)
     fetcher.release()
     for r in await defer.gatherResults([*downloads, thumb]):
         assert r.status == 200, r.body
@@ -180,6 +190,7 @@ async def test_remote_size_and_concurrency_limits(db_config: DatabaseConfig,
 
         pending = [defer.ensureDeferred(m.download(f"mxc://r.org/m{i}", token))
                    for i in range(5)]
+        await _until(lambda: fetcher.running == 2)
         await _tick(0.1)
         assert fetcher.running == 2  # the others wait for a slot
         fetcher.release()

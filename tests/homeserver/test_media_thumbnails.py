@@ -1,6 +1,7 @@
 """Thumbnails of real PNG, JPEG and GIF files over HTTP on both engines: the sizes the spec
 asks for, scale keeping the aspect ratio, crop giving the box, no upscaling, animation only
-when asked for; and the pure sizing and selection rules."""
+when asked for, other sizes made on demand (bounded); and the pure sizing and selection
+rules."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from PIL import Image
 from homeserver.config import DatabaseConfig
 from homeserver.config.model import DEFAULT_THUMBNAIL_SIZES
 from homeserver.services.media import thumbnailer
+from homeserver.services.media.service import MAX_ON_DEMAND_THUMBNAILS
 from homeserver.storage.media import Thumbnail
 from tests.support.client import Client
-from tests.support.media import MediaClient, gif, jpeg, open_image, png
+from tests.support.media import MediaClient, gif, jpeg, open_image, png, split_mxc
 from tests.support.server import RunningServer, start_server
 
 
@@ -51,8 +53,29 @@ async def test_png_thumbnails_scale_and_crop(hs: RunningServer) -> None:
     assert (await _thumb(m, uri, token, 50, 50, "crop")).size == (96, 96)
     im = await _thumb(m, uri, token, 400, 300, "scale")
     assert im.size == (600, 480) and im.format == "PNG"
-    # Larger than any thumbnail: the largest there is.
-    assert (await _thumb(m, uri, token, 2000, 2000, "scale")).size == (750, 600)
+    # Larger than any thumbnail: made on demand, never larger than the image.
+    assert (await _thumb(m, uri, token, 2000, 2000, "scale")).size == (1000, 800)
+
+
+@pytest_twisted.ensureDeferred
+async def test_thumbnails_of_other_sizes_on_demand(hs: RunningServer) -> None:
+    m, token = await _setup(hs)
+    uri = (await m.upload(png(1000, 800), token, "image/png")).json()["content_uri"]
+    server, media_id = split_mxc(uri)
+    store = hs.hs.services.media.store  # type: ignore[union-attr]
+    stored = len(await store.thumbnails(server, media_id))
+    # A crop of a shape no configured size has: made once, then served from the store.
+    assert (await _thumb(m, uri, token, 200, 100, "crop")).size == (200, 100)
+    assert (await _thumb(m, uri, token, 200, 100, "crop")).size == (200, 100)
+    assert len(await store.thumbnails(server, media_id)) == stored + 1
+    # A configured size that answers the request makes nothing new.
+    assert (await _thumb(m, uri, token, 80, 60, "scale")).size == (300, 240)
+    assert len(await store.thumbnails(server, media_id)) == stored + 1
+    # A bounded number of sizes per media; past it, the best stored one.
+    for i in range(MAX_ON_DEMAND_THUMBNAILS):
+        await _thumb(m, uri, token, 50 + i, 20, "crop")
+    assert len(await store.thumbnails(server, media_id)) == 5 + MAX_ON_DEMAND_THUMBNAILS
+    assert (await _thumb(m, uri, token, 70, 20, "crop")).size != (70, 20)
 
 
 @pytest_twisted.ensureDeferred

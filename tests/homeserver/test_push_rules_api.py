@@ -281,3 +281,35 @@ async def test_rules_follow_a_room_upgrade(hs: RunningServer) -> None:
     # The old room's rules stay.
     r = await c.call("GET", f"/pushrules/global/room/{q(old)}", token=alice.access_token)
     assert r.status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_initial_sync_carries_default_rules(hs: RunningServer) -> None:
+    """Element reads m.push_rules from the first /sync: a user who never changed a rule gets
+    the default ruleset there (and from GET account_data), filters still apply."""
+    from tests.support.sync import sync
+
+    c, alice = await _setup(hs)
+    r = await c.call("GET", "/pushrules/", token=alice.access_token)
+    defaults = r.json()
+
+    def push_rules(body: dict[str, Any]) -> list[Any]:
+        return [e["content"] for e in body["account_data"]["events"]
+                if e["type"] == "m.push_rules"]
+
+    first = await sync(c, alice)
+    assert push_rules(first) == [defaults]
+    r = await c.call("GET", f"/user/{q(alice.user_id)}/account_data/m.push_rules",
+                     token=alice.access_token)
+    assert (r.status, r.json()) == (200, defaults)
+    # Incremental syncs do not repeat it; a filter excluding it is obeyed.
+    later = await sync(c, alice, first["next_batch"])
+    assert push_rules(later) == []
+    hidden = await sync(c, alice, filter={"account_data": {"not_types": ["m.push_rules"]}})
+    assert push_rules(hidden) == []
+    # After a change the stored copy is sent once, not the default one as well.
+    assert await _put(c, alice, "content", "cake", {"pattern": "cake", "actions": []}) == (
+        200, {})
+    changed = push_rules(await sync(c, alice))
+    assert len(changed) == 1
+    assert changed[0]["global"]["content"][0]["rule_id"] == "cake"

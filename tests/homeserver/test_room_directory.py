@@ -163,9 +163,12 @@ async def test_permissions_and_bad_input(hs: RunningServer) -> None:
     ]:
         r = await c.call("POST", "/publicRooms", body, token=bob.access_token)
         assert (r.status, r.json()["errcode"]) == (400, errcode), body
-    for query in ("limit=x", "since=nzzz", "server=elsewhere.example"):
+    for query in ("limit=x", "since=nzzz", "server=bad%20name"):
         r = await c.call("GET", f"/publicRooms?{query}")
         assert (r.status, r.json()["errcode"]) == (400, "M_INVALID_PARAM"), query
+    # Other servers' directories (over federation) are for users only.
+    r = await c.call("GET", "/publicRooms?server=elsewhere.example")
+    assert (r.status, r.json()["errcode"]) == (401, "M_MISSING_TOKEN")
 
 
 @pytest_twisted.ensureDeferred

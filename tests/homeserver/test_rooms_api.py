@@ -67,6 +67,18 @@ async def test_create_room_presets_and_state(hs: RunningServer) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_identical_concurrent_creates_make_distinct_rooms(hs: RunningServer) -> None:
+    # v12 room IDs are the create event's hash: the same request at the same moment must not
+    # name the same room twice (it did: a 500 for all but the first).
+    c, alice, _ = await _setup(hs)
+    rooms = await defer.gatherResults([
+        defer.ensureDeferred(_room(c, alice, preset="public_chat", room_version="12"))
+        for _ in range(6)
+    ])
+    assert len(set(rooms)) == 6
+
+
+@pytest_twisted.ensureDeferred
 async def test_create_room_bad_input(hs: RunningServer) -> None:
     c, alice, _ = await _setup(hs)
     for body, errcode in [

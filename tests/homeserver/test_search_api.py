@@ -161,6 +161,10 @@ async def test_search_bad_input(hs: RunningServer) -> None:
         ({"search_categories": {"room_events": {
             "search_term": "x", "groupings": {"group_by": [{"key": "type"}]}}}},
          "M_INVALID_PARAM"),
+        ({"search_categories": {"room_events": {"search_term": "x", "include_state": 1}}},
+         "M_BAD_JSON"),
+        ({"search_categories": {"room_events": {
+            "search_term": "x", "event_context": {"include_profile": "yes"}}}}, "M_BAD_JSON"),
     ]:
         r = await c.call("POST", "/search", body, token=alice.access_token)
         assert (r.status, r.json()["errcode"]) == (400, errcode), body
@@ -170,3 +174,41 @@ async def test_search_bad_input(hs: RunningServer) -> None:
         assert (r.status, r.json()["errcode"]) == (400, "M_INVALID_PARAM"), token
     r = await c.call("POST", "/search", ok)
     assert (r.status, r.json()["errcode"]) == (401, "M_MISSING_TOKEN")
+
+
+@pytest_twisted.ensureDeferred
+async def test_search_count_state_and_profiles(hs: RunningServer) -> None:
+    """What Element's search shows: ``count``, the rooms' state (``include_state``) and the
+    senders' names and avatars in the context (``include_profile``)."""
+    c = Client(hs.client_url)
+    alice, bob = await c.register("alice"), await c.register("bob")
+    for user, name in ((alice, "Alice"), (bob, "Bobby")):
+        r = await c.call("PUT", f"/profile/{q(user.user_id)}/displayname", {"displayname": name},
+                         token=user.access_token)
+        assert r.status == 200
+    room = await _room(c, alice, preset="public_chat", name="Pets")
+    other = await _room(c, bob, name="Elsewhere")
+    r = await c.call("POST", f"/rooms/{q(room)}/join", {}, token=bob.access_token)
+    assert r.status == 200
+    await _send(c, alice, room, "my cat sleeps")
+    await _send(c, bob, room, "which cat")
+    found = [await _send(c, alice, room, f"cat number {i}") for i in range(3)]
+    await _send(c, bob, other, "no cat here for alice")
+
+    body = await _search(c, alice, "cat", order_by="recent", filter={"limit": 2},
+                         include_state=True,
+                         event_context={"before_limit": 2, "after_limit": 0,
+                                        "include_profile": True})
+    # Five matches alice may see, two per page; the other room is not hers.
+    assert body["count"] == 5
+    assert _ids(body) == [found[2], found[1]]
+    assert list(body["state"]) == [room]
+    names = [e["content"]["name"] for e in body["state"][room] if e["type"] == "m.room.name"]
+    assert names == ["Pets"]
+    ctx = body["results"][1]["context"]
+    assert [e["sender"] for e in ctx["events_before"]] == [alice.user_id, bob.user_id]
+    assert ctx["profile_info"][alice.user_id] == {"displayname": "Alice"}
+    assert ctx["profile_info"][bob.user_id] == {"displayname": "Bobby"}
+    # Without the options, neither appears.
+    plain = await _search(c, alice, "cat", event_context={"before_limit": 1})
+    assert "state" not in plain and "profile_info" not in plain["results"][0]["context"]

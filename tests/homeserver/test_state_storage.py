@@ -137,10 +137,10 @@ async def test_membership_queries(db_config: DatabaseConfig, tmp_path) -> None:
         assert [m.user_id for m in await s.state_store.members(r1, ["ban"])] == [carol]
         m = await s.state_store.membership(r2, bob)
         assert m is not None and m.membership == "invite"
-        # Who shares a joined room with whom (for E2EE device list tracking).
-        assert await s.rooms.users_sharing_rooms(bob) == {ALICE, bob}
-        assert await s.rooms.users_sharing_rooms(carol) == set()
-        assert await s.rooms.users_sharing_rooms(ALICE) == {ALICE, bob}
+        # Who shares a joined room with whom (presence and device-list tracking).
+        assert await s.state_store.users_sharing_rooms(bob) == {ALICE, bob}
+        assert await s.state_store.users_sharing_rooms(carol) == set()
+        assert await s.state_store.users_sharing_rooms(ALICE) == {ALICE, bob}
 
 
 @pytest.mark.parametrize("version", ["10", "12"])

@@ -107,3 +107,21 @@ class CrossSigning:
     def upload_body(self) -> JsonDict:
         return {"master_key": self.master_key(), "self_signing_key": self.self_signing_key(),
                 "user_signing_key": self.user_signing_key()}
+
+
+def stored_events_json(engine: str, target: str) -> list[tuple[str, str]]:
+    """(type, JSON) of every event a server stored, read straight from its database, for
+    checks that encrypted rooms hold ciphertext only."""
+    query = "SELECT type, json FROM events"
+    if engine == "sqlite":
+        import sqlite3
+
+        conn = sqlite3.connect(target)
+        try:
+            return [(t, j) for t, j in conn.execute(query).fetchall()]
+        finally:
+            conn.close()
+    import psycopg
+
+    with psycopg.connect(target) as pg:
+        return [(t, j) for t, j in pg.execute(query).fetchall()]

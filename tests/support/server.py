@@ -105,3 +105,27 @@ async def start_pair(
         await a.stop()
         raise
     return a, b
+
+
+async def start_many(
+    tmp_dir: str, dbs: dict[str, DatabaseConfig],
+    federation: dict[str, dict[str, Any]] | None = None, **overrides: Any,
+) -> dict[str, RunningServer]:
+    """Servers federating with each other, one per name in ``dbs`` (e.g. a.test, b.test,
+    c.test), found through the static map (TLS with self-signed certificates).
+    ``federation``: more of a server's ``federation`` config section, by name."""
+    import os
+
+    ports = {name: free_port("127.0.0.2") for name in dbs}
+    static = {name: f"127.0.0.2:{port}" for name, port in ports.items()}
+    started: dict[str, RunningServer] = {}
+    try:
+        for name, db in dbs.items():
+            fed = {"static_servers": static, **(federation or {}).get(name, {})}
+            started[name] = await start_server(os.path.join(tmp_dir, name), db, name,
+                                               ports[name], federation=fed, **overrides)
+    except BaseException:
+        for server in started.values():
+            await server.stop()
+        raise
+    return started

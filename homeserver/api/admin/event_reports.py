@@ -1,4 +1,5 @@
-"""Admin API: the content reports users made (GET /_synapse/admin/v1/event_reports)."""
+"""Admin API: the content reports users made (GET /_synapse/admin/v1/event_reports), one
+report with the reported event (the original, if it was redacted since), deleting one."""
 
 from __future__ import annotations
 
@@ -29,4 +30,40 @@ def register(router: Router, s: Services) -> None:
             body["next_token"] = offset + len(reports)
         return 200, body
 
+    def _report_id(raw: str) -> int:
+        if not raw.isdigit() or len(raw) > 18:
+            raise MatrixError(400, Codes.INVALID_PARAM, "The report ID must be a number")
+        return int(raw)
+
+    async def get_report(request: HomeserverRequest, reportId: str) -> JsonResponse:
+        await require_admin(s, request)
+        report = await s.admin.store.get_report(_report_id(reportId))
+        if report is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "No such report")
+        body: dict[str, Any] = {
+            "id": report.id, "received_ts": report.received_ts, "room_id": report.room_id,
+            "event_id": report.event_id, "user_id": report.user_id, "reason": report.reason,
+            "score": report.score, "name": None, "canonical_alias": None,
+        }
+        if await s.pipeline.room_exists(report.room_id):
+            details = await s.admin.rooms.details(report.room_id)
+            body["name"], body["canonical_alias"] = details["name"], details["canonical_alias"]
+        if report.event_id is not None:
+            stored = await s.events.get_event(report.event_id)
+            if stored is not None:
+                body["sender"] = stored.event.sender
+                original = await s.events.original_json(report.event_id)
+                body["event_json"] = original or stored.event.pdu_json()
+        return 200, body
+
+    async def delete_report(request: HomeserverRequest, reportId: str) -> JsonResponse:
+        await require_admin(s, request)
+        if not await s.admin.store.delete_report(_report_id(reportId)):
+            raise MatrixError(404, Codes.NOT_FOUND, "No such report")
+        return 200, {}
+
     router.add("GET", "/_synapse/admin/v1/event_reports", list_reports, resource="admin")
+    router.add("GET", "/_synapse/admin/v1/event_reports/{reportId}", get_report,
+               resource="admin")
+    router.add("DELETE", "/_synapse/admin/v1/event_reports/{reportId}", delete_report,
+               resource="admin")

@@ -50,6 +50,9 @@ def register(router: Router, s: Services) -> None:
         if roomId:
             _check_room(roomId)
         content = await s.account_data.get(userId, roomId, type)
+        if content is None and not roomId and type == "m.push_rules":
+            # Written only once a rule changes; before that it is the default ruleset.
+            content = {"global": await s.push.rules.ruleset(userId)}
         if content is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Account data not found")
         return 200, content

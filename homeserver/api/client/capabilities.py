@@ -22,7 +22,7 @@ def register(router: Router, s: Services) -> None:
                 },
                 "m.set_displayname": {"enabled": True},
                 "m.set_avatar_url": {"enabled": True},
-                "m.3pid_changes": {"enabled": False},
+                "m.3pid_changes": {"enabled": s.threepids.enabled},
                 "m.get_login_token": {"enabled": True},
                 "m.profile_fields": {"enabled": True},
             }

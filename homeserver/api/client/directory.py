@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from federation.identifiers import is_valid_server_name
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.request import HomeserverRequest
 from homeserver.http.router import JsonResponse, Router
-from homeserver.http.validation import optional_int, optional_object, optional_str, query_int
+from homeserver.http.validation import (
+    optional_bool,
+    optional_int,
+    optional_object,
+    optional_str,
+    query_int,
+)
 from homeserver.services.directory import MAX_LIMIT, DirectoryPage
 from homeserver.services.registry import Services
 
@@ -27,22 +34,30 @@ def _page_json(page: DirectoryPage) -> dict[str, Any]:
 def register(router: Router, s: Services) -> None:
     directory = s.directory
 
-    def check_server(server: str | None) -> None:
-        if server is not None and server != s.config.server_name:
-            raise MatrixError(400, Codes.INVALID_PARAM,
-                              "Listing the directories of other servers is not supported")
+    def remote_server(server: str | None) -> str | None:
+        """Another server whose directory the client asks for (passed on over federation)."""
+        if server is None or server == s.config.server_name:
+            return None
+        if not is_valid_server_name(server):
+            raise MatrixError(400, Codes.INVALID_PARAM, "Invalid server name")
+        return server
 
     async def get_public_rooms(request: HomeserverRequest) -> JsonResponse:
-        check_server(request.query_param("server"))
+        server = remote_server(request.query_param("server"))
         raw_limit = request.query_param("limit")
         limit = query_int(raw_limit, "limit", 0, min=0, max=MAX_LIMIT) if raw_limit else None
+        if server is not None:
+            # Other servers' directories cost federation requests: for users only.
+            await s.auth.authenticate(request, allow_guest=True)
+            return 200, await s.federation_directory.remote_public_rooms(
+                server, limit=limit or None, since=request.query_param("since"))
         page = await directory.public_rooms(limit=limit or None,
                                             since=request.query_param("since"))
         return 200, _page_json(page)
 
     async def post_public_rooms(request: HomeserverRequest) -> JsonResponse:
         await s.auth.authenticate(request, allow_guest=True)
-        check_server(request.query_param("server"))
+        server = remote_server(request.query_param("server"))
         body = request.json_object()
         limit = optional_int(body, "limit", None, min=0, max=MAX_LIMIT)
         since = optional_str(body, "since", max_len=1024)
@@ -55,8 +70,26 @@ def register(router: Router, s: Services) -> None:
         ):
             raise MatrixError(400, Codes.BAD_JSON,
                               "'room_types' must be a list of strings or nulls")
+        if server is not None:
+            return 200, await s.federation_directory.remote_public_rooms(
+                server, limit=limit or None, since=since, search_term=term,
+                room_types=room_types, filtered=True)
+        network = optional_str(body, "third_party_instance_id", max_len=1024)
+        all_networks = optional_bool(body, "include_all_networks", False)
+        if network is not None and all_networks:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Give third_party_instance_id or "
+                              "include_all_networks, not both")
+        network_rooms: list[str] = []
+        if all_networks:
+            network_rooms = await s.appservices.store.listed_rooms(None)
+        elif network is not None:
+            as_id, sep, network_id = network.partition("|")
+            if sep and s.appservices.by_id(as_id) is not None:
+                network_rooms = await s.appservices.store.listed_rooms((as_id, network_id))
         page = await directory.public_rooms(limit=limit or None, since=since,
-                                            search_term=term, room_types=room_types)
+                                            search_term=term, room_types=room_types,
+                                            network_rooms=network_rooms,
+                                            include_main=network is None)
         return 200, _page_json(page)
 
     async def get_visibility(request: HomeserverRequest, roomId: str) -> JsonResponse:

@@ -32,8 +32,8 @@ def register(router: Router, s: Services) -> None:
         from_token = request.query_param("from")
         if from_token is None:
             raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: from")
-        return 200, await keys.keys_changes(requester.user_id, from_token,
-                                            request.query_param("to"))
+        return 200, await s.sync.keys_changes(requester.user_id, from_token,
+                                              request.query_param("to"))
 
     async def device_signing_upload(request: HomeserverRequest) -> JsonResponse:
         requester = await s.auth.authenticate(request)

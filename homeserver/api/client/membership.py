@@ -5,26 +5,18 @@ from __future__ import annotations
 
 from federation.identifiers import get_domain, is_valid_room_alias, is_valid_user_id
 from federation.power_levels import get_send_level, get_user_power_level
-from federation.transport.client import FederationClientError, HttpResponseError
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.request import HomeserverRequest
 from homeserver.http.router import JsonResponse, Router
 from homeserver.http.validation import optional_str, require_str
+from homeserver.services.federation_knocks import FederationKnocks
 from homeserver.services.registry import Services
+from homeserver.services.room_refs import resolve_with_servers
 
 
 def register(router: Router, s: Services) -> None:
     rooms = s.rooms
-
-    async def resolve(room_id_or_alias: str) -> str:
-        if room_id_or_alias.startswith("!"):
-            return room_id_or_alias
-        if not room_id_or_alias.startswith("#") or not is_valid_room_alias(room_id_or_alias):
-            raise MatrixError(400, Codes.INVALID_PARAM, "Invalid room ID or alias")
-        alias = await s.events.get_alias(room_id_or_alias)
-        if alias is None:
-            raise MatrixError(404, Codes.NOT_FOUND, f"Room alias {room_id_or_alias} not found")
-        return alias.room_id
+    knocks = FederationKnocks(s.federation)
 
     def _reason(body: dict[str, object]) -> str | None:
         return optional_str(body, "reason", max_len=4096)
@@ -35,38 +27,11 @@ def register(router: Router, s: Services) -> None:
             raise MatrixError(400, Codes.INVALID_PARAM, "Invalid user_id")
         return target
 
-    async def resolve_with_servers(room_id_or_alias: str) -> tuple[str, list[str]]:
-        """The room ID and servers to join through, asking the alias's server for a remote
-        alias (GET /_matrix/federation/v1/query/directory)."""
-        if room_id_or_alias.startswith("#") and is_valid_room_alias(room_id_or_alias):
-            domain = get_domain(room_id_or_alias)
-            if domain != s.config.server_name:
-                try:
-                    found = await s.federation_client.get_json(
-                        domain, "/_matrix/federation/v1/query/directory",
-                        {"room_alias": room_id_or_alias})
-                except HttpResponseError as e:
-                    if e.status == 404:
-                        raise MatrixError(404, Codes.NOT_FOUND,
-                                          f"Room alias {room_id_or_alias} not found") from None
-                    raise MatrixError(502, Codes.UNKNOWN,
-                                      f"Cannot resolve {room_id_or_alias}: {e}") from None
-                except FederationClientError as e:
-                    raise MatrixError(502, Codes.UNKNOWN,
-                                      f"Cannot resolve {room_id_or_alias}: {e}") from None
-                room_id = found.get("room_id") if isinstance(found, dict) else None
-                servers = found.get("servers") if isinstance(found, dict) else None
-                if not isinstance(room_id, str) or not room_id.startswith("!"):
-                    raise MatrixError(502, Codes.UNKNOWN, "Invalid directory response")
-                listed = [x for x in servers if isinstance(x, str)] if isinstance(
-                    servers, list) else []
-                return room_id, [domain, *listed]
-        return await resolve(room_id_or_alias), []
-
     async def join_by_id_or_alias(request: HomeserverRequest, roomIdOrAlias: str) -> JsonResponse:
         requester = await s.auth.authenticate(request, allow_guest=True)
         body = request.json_object() if request.read_body() else {}
-        room_id, servers = await resolve_with_servers(roomIdOrAlias)
+        room_id, servers = await resolve_with_servers(s, roomIdOrAlias)
+        await rooms.check_not_blocked(room_id)
         if await s.federation.should_join_remotely(room_id):
             via = [v.decode("utf-8", "replace") for name in (b"via", b"server_name")
                    for v in request.args.get(name, [])]
@@ -80,19 +45,43 @@ def register(router: Router, s: Services) -> None:
     async def join(request: HomeserverRequest, roomId: str) -> JsonResponse:
         requester = await s.auth.authenticate(request, allow_guest=True)
         body = request.json_object() if request.read_body() else {}
+        if await s.federation.should_join_remotely(roomId):
+            # Through the inviting server (an invite over federation), then the room's.
+            await s.federation.join_remote(
+                roomId, requester.user_id, s.federation.room_servers(roomId),
+                await rooms.join_content(requester.user_id, _reason(body)))
+            return 200, {"room_id": roomId}
         await rooms.join(roomId, requester.user_id, reason=_reason(body))
         return 200, {"room_id": roomId}
 
     async def knock(request: HomeserverRequest, roomIdOrAlias: str) -> JsonResponse:
         requester = await s.auth.authenticate(request)
         body = request.json_object() if request.read_body() else {}
-        room_id = await resolve(roomIdOrAlias)
+        room_id, servers = await resolve_with_servers(s, roomIdOrAlias)
+        if await s.federation.should_join_remotely(room_id):
+            # A room this server is not in: knock through the servers the client names.
+            await rooms.check_not_blocked(room_id)
+            via = [v.decode("utf-8", "replace") for name in (b"via", b"server_name")
+                   for v in request.args.get(name, [])]
+            await knocks.knock_remote(
+                room_id, requester.user_id, [*servers, *via, *s.federation.room_servers(room_id)],
+                await rooms.join_content(requester.user_id, _reason(body)))
+            return 200, {"room_id": room_id}
         await rooms.knock(room_id, requester.user_id, reason=_reason(body))
         return 200, {"room_id": room_id}
 
     async def leave(request: HomeserverRequest, roomId: str) -> JsonResponse:
         requester = await s.auth.authenticate(request, allow_guest=True)
         body = request.json_object() if request.read_body() else {}
+        if await s.federation.invites.pending(roomId, requester.user_id) is not None:
+            # An invite to a room this server is not in: rejected through the inviter.
+            await s.federation.invites.reject(roomId, requester.user_id, _reason(body))
+            return 200, {}
+        knock = await knocks.pending(roomId, requester.user_id)
+        if knock is not None:
+            # A knock on a room this server is not in: withdrawn through a resident.
+            await knocks.withdraw(knock, knocks.knock_servers(knock), _reason(body))
+            return 200, {}
         await rooms.leave(roomId, requester.user_id, reason=_reason(body))
         return 200, {}
 
@@ -106,7 +95,11 @@ def register(router: Router, s: Services) -> None:
         body = request.json_object()
         if "user_id" not in body and "medium" in body:
             raise MatrixError(400, Codes.UNKNOWN, "Third-party invites are not supported")
-        await rooms.invite(roomId, requester.user_id, _target(body), reason=_reason(body))
+        target = _target(body)
+        if get_domain(target) == s.config.server_name:
+            # A bridge's puppet may not exist yet: its application service is asked first.
+            await s.appservices.ensure_user(target)
+        await rooms.invite(roomId, requester.user_id, target, reason=_reason(body))
         return 200, {}
 
     async def kick(request: HomeserverRequest, roomId: str) -> JsonResponse:
@@ -139,6 +132,7 @@ def register(router: Router, s: Services) -> None:
             raise MatrixError(400, Codes.INVALID_PARAM, "Aliases must be on this server")
         body = request.json_object()
         room_id = require_str(body, "room_id", max_len=255)
+        s.appservices.check_alias_allowed(roomAlias, requester.app_service)
         if not await s.pipeline.room_exists(room_id):
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
         if room_id not in await rooms.joined_rooms(requester.user_id):
@@ -150,7 +144,11 @@ def register(router: Router, s: Services) -> None:
 
     async def get_alias(request: HomeserverRequest, roomAlias: str) -> JsonResponse:
         _check_alias(roomAlias)
-        alias = await s.events.get_alias(roomAlias)
+        if get_domain(roomAlias) != s.config.server_name:
+            # Another server's alias: that server answers (/query/directory).
+            room_id, servers = await resolve_with_servers(s, roomAlias)
+            return 200, {"room_id": room_id, "servers": list(dict.fromkeys(servers))}
+        alias = await s.appservices.get_alias(roomAlias)
         if alias is None:
             raise MatrixError(404, Codes.NOT_FOUND, f"Room alias {roomAlias} not found")
         return 200, {"room_id": alias.room_id, "servers": [s.config.server_name]}

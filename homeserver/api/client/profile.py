@@ -17,6 +17,8 @@ def register(router: Router, s: Services) -> None:
         if domain and domain != s.config.server_name:
             return await _remote_profile(user_id, domain)
         user = await s.users.get(user_id)
+        if user is None and await s.appservices.ensure_user(user_id):
+            user = await s.users.get(user_id)  # an application service created it
         if user is None or user.deactivated:
             raise MatrixError(404, Codes.NOT_FOUND, "Profile not found")
         return await s.profiles.get(user_id)

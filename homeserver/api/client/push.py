@@ -128,7 +128,16 @@ def register(router: Router, s: Services) -> None:
     async def set_pusher(request: HomeserverRequest) -> JsonResponse:
         requester = await s.auth.authenticate(request)
         req = validate_pusher_request(request.json_object())
+        if req.kind == "email" and s.threepids.enabled:
+            # Only an address bound to the account (as Synapse).
+            if req.pushkey.strip().lower() not in await s.threepids.emails_of(
+                requester.user_id
+            ):
+                raise MatrixError(400, "M_THREEPID_NOT_FOUND",
+                                  "The pushkey must be an email address of your account")
         await push.pushers.set_pusher(requester.user_id, requester.device_id, req)
+        if req.kind == "email" and push.email is not None:
+            push.email.pusher_set(requester.user_id)
         return 200, {}
 
     router.client("GET", "/pushers", get_pushers)

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from federation.events import Event
+from homeserver.api.client.appservice import massaged_ts
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.request import HomeserverRequest
 from homeserver.http.router import JsonResponse, Router
@@ -97,6 +98,10 @@ def register(router: Router, s: Services) -> None:
             "private_chat", "trusted_private_chat", "public_chat"
         ):
             raise MatrixError(400, Codes.BAD_JSON, f"Unknown preset {preset}")
+        alias_name = optional_str(body, "room_alias_name", max_len=255)
+        if alias_name is not None:
+            s.appservices.check_alias_allowed(f"#{alias_name}:{s.config.server_name}",
+                                              requester.app_service)
         room_version = body.get("room_version")
         if room_version is not None and not isinstance(room_version, str):
             raise MatrixError(400, Codes.BAD_JSON, "room_version must be a string")
@@ -112,7 +117,7 @@ def register(router: Router, s: Services) -> None:
             creation_content=optional_object(body, "creation_content"),
             power_level_content_override=optional_object(body, "power_level_content_override"),
             room_version=room_version,
-            room_alias_name=optional_str(body, "room_alias_name", max_len=255),
+            room_alias_name=alias_name,
         )
         result: dict[str, Any] = {"room_id": created.room_id}
         if created.room_alias:
@@ -125,10 +130,11 @@ def register(router: Router, s: Services) -> None:
         _check_type(eventType)
         _check_txn(txnId)
         content = request.json_object()
-        s.ratelimits.messages_per_user.check(requester.user_id)
+        if requester.rate_limited:
+            s.ratelimits.messages_per_user.check(requester.user_id)
         event_id = await rooms.send_event(
             roomId, requester.user_id, eventType, content,
-            txn_id=txnId, device_id=requester.device_id,
+            txn_id=txnId, device_id=requester.device_id, ts=massaged_ts(request, requester),
         )
         return 200, {"event_id": event_id}
 
@@ -140,7 +146,7 @@ def register(router: Router, s: Services) -> None:
             raise MatrixError(400, Codes.INVALID_PARAM, "State key is too long")
         content = request.json_object()
         event_id = await rooms.send_event(roomId, requester.user_id, eventType, content,
-                                          stateKey)
+                                          stateKey, ts=massaged_ts(request, requester))
         return 200, {"event_id": event_id}
 
     async def get_state(request: HomeserverRequest, roomId: str) -> JsonResponse:

@@ -9,11 +9,16 @@ from homeserver.http.request import HomeserverRequest
 from homeserver.http.router import JsonResponse, Router
 from homeserver.http.validation import optional_bool, optional_str, require_str
 from homeserver.services import uia
+from homeserver.services.appservice.registration import AppService
+from homeserver.services.auth import token_from_request
 from homeserver.services.registry import Services
+from homeserver.services.threepid import EMAIL, EMAIL_IDENTITY
+from homeserver.storage.threepids import ThreepidSession
 from homeserver.storage.uia import release_registration_token
 
 LOGIN_PASSWORD = "m.login.password"
 LOGIN_TOKEN = "m.login.token"
+LOGIN_APPSERVICE = "m.login.application_service"
 
 
 def register(router: Router, s: Services) -> None:
@@ -22,6 +27,8 @@ def register(router: Router, s: Services) -> None:
     def registration_flows() -> list[list[str]]:
         if config.registration.require_token:
             return [[uia.REGISTRATION_TOKEN]]
+        if s.threepids.enabled:
+            return [[uia.DUMMY], [EMAIL_IDENTITY]]
         return [[uia.DUMMY]]
 
     async def post_register(request: HomeserverRequest) -> JsonResponse:
@@ -29,6 +36,11 @@ def register(router: Router, s: Services) -> None:
         kind = request.query_param("kind") or "user"
         if kind not in ("user", "guest"):
             raise MatrixError(400, Codes.INVALID_PARAM, "kind must be 'user' or 'guest'")
+        auth = body.get("auth")
+        if body.get("type") == LOGIN_APPSERVICE or (
+            isinstance(auth, dict) and auth.get("type") == LOGIN_APPSERVICE
+        ):
+            return 200, await _register_appservice_user(s, request, body)
         s.ratelimits.registration_per_address.check(request.client_ip)
         device_id = optional_str(body, "device_id", max_len=255)
         display_name = optional_str(body, "initial_device_display_name", max_len=512)
@@ -48,7 +60,8 @@ def register(router: Router, s: Services) -> None:
         password = optional_str(body, "password", max_len=512)
         if username is not None:
             # Tell the client about a bad or taken name before it goes through the stages.
-            await s.accounts.check_available(username.lower())
+            s.appservices.check_user_allowed(
+                await s.accounts.check_available(username.lower()), None)
         result = await s.uia.check(body, "register", registration_flows())
         token = result.values.get("registration_token")
         try:
@@ -58,7 +71,14 @@ def register(router: Router, s: Services) -> None:
                 user_id = await _generated_user_id(s)
             else:
                 user_id = await s.accounts.check_available(username.lower())
+            email = result.values.get("threepid")
+            if isinstance(email, ThreepidSession) and await s.threepids.store.user_for(
+                email.medium, email.address
+            ):
+                raise MatrixError(400, "M_THREEPID_IN_USE", "This email address is in use")
             await s.accounts.register(user_id, password, registration_token=token)
+            if isinstance(email, ThreepidSession):
+                await s.threepids.bind(user_id, email)
         except BaseException:
             if token is not None:
                 await release_registration_token(s.db, token)
@@ -73,7 +93,8 @@ def register(router: Router, s: Services) -> None:
         username = request.query_param("username")
         if not username:
             raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: username")
-        await s.accounts.check_available(username.lower())
+        s.appservices.check_user_allowed(await s.accounts.check_available(username.lower()),
+                                         None)
         return 200, {"available": True}
 
     async def get_token_validity(request: HomeserverRequest) -> JsonResponse:
@@ -85,18 +106,23 @@ def register(router: Router, s: Services) -> None:
         return 200, {"valid": found is not None and found.usable(s.clock.time_ms())}
 
     async def get_login(request: HomeserverRequest) -> JsonResponse:
-        return 200, {"flows": [{"type": LOGIN_PASSWORD}, {"type": LOGIN_TOKEN,
-                                                          "get_login_token": True}]}
+        flows: list[dict[str, Any]] = [{"type": LOGIN_PASSWORD},
+                                       {"type": LOGIN_TOKEN, "get_login_token": True}]
+        if s.appservices.all:
+            flows.append({"type": LOGIN_APPSERVICE})
+        return 200, {"flows": flows}
 
     async def post_login(request: HomeserverRequest) -> JsonResponse:
         body = request.json_object()
         login_type = require_str(body, "type", max_len=255)
-        s.ratelimits.login_per_address.check(request.client_ip)
+        if login_type != LOGIN_APPSERVICE:
+            s.ratelimits.login_per_address.check(request.client_ip)
         device_id = optional_str(body, "device_id", max_len=255)
         display_name = optional_str(body, "initial_device_display_name", max_len=512)
         refreshable = optional_bool(body, "refresh_token", False)
         if login_type == LOGIN_PASSWORD:
-            user_id = _login_user_id(body, config.server_name)
+            user_id = await _email_login_user(s, body) or _login_user_id(body,
+                                                                          config.server_name)
             password = require_str(body, "password", max_len=512)
             limiter = s.ratelimits.login_failures_per_account
             if not limiter.would_allow(user_id):
@@ -110,6 +136,12 @@ def register(router: Router, s: Services) -> None:
             if found is None:
                 raise MatrixError(403, Codes.FORBIDDEN, "Invalid login token")
             user_id = found
+        elif login_type == LOGIN_APPSERVICE:
+            svc = _calling_appservice(s, request)
+            user_id = _login_user_id(body, config.server_name)
+            if not svc.may_act_as(user_id):
+                raise MatrixError(400, Codes.EXCLUSIVE,
+                                  "This user is outside the application service's namespace")
         else:
             raise MatrixError(400, Codes.UNKNOWN, f"Unknown login type {login_type}")
         user = await s.users.get(user_id)
@@ -154,6 +186,8 @@ def register(router: Router, s: Services) -> None:
         }
 
     async def post_password(request: HomeserverRequest) -> JsonResponse:
+        if not token_from_request(request) and s.threepids.enabled:
+            return 200, await _reset_password(s, request)
         requester = await s.auth.authenticate(request)
         body = request.json_object()
         new_password = optional_str(body, "new_password", max_len=512)
@@ -191,6 +225,38 @@ def register(router: Router, s: Services) -> None:
     router.client("POST", "/account/deactivate", post_deactivate)
 
 
+def _calling_appservice(s: Services, request: HomeserverRequest) -> AppService:
+    """The application service whose as_token the request carries, else 401."""
+    token = token_from_request(request)
+    if not token:
+        raise MatrixError(401, Codes.MISSING_TOKEN, "Missing access token")
+    svc = s.appservices.by_token(token)
+    if svc is None:
+        raise MatrixError(401, Codes.UNKNOWN_TOKEN, "Unknown application service token")
+    return svc
+
+
+async def _register_appservice_user(
+    s: Services, request: HomeserverRequest, body: dict[str, Any]
+) -> dict[str, Any]:
+    """``m.login.application_service``: an account in the service's namespace, no password,
+    no user-interactive auth, whatever the registration settings."""
+    svc = _calling_appservice(s, request)
+    username = require_str(body, "username", max_len=255)
+    localpart = username[1:].partition(":")[0] if username.startswith("@") else username
+    user_id = s.accounts.validate_localpart(localpart.lower(), for_client=False)
+    if not svc.may_act_as(user_id):
+        raise MatrixError(400, Codes.EXCLUSIVE,
+                          "This user ID is outside the application service's namespace")
+    s.appservices.check_user_allowed(user_id, svc)
+    await s.accounts.register(user_id, None)
+    return await _session_or_id(
+        s, user_id, optional_str(body, "device_id", max_len=255),
+        optional_str(body, "initial_device_display_name", max_len=512),
+        optional_bool(body, "inhibit_login", False), optional_bool(body, "refresh_token", False),
+    )
+
+
 async def _generated_user_id(s: Services) -> str:
     import secrets
 
@@ -212,6 +278,45 @@ async def _session_or_id(
     if inhibit_login:
         return {"user_id": user_id, "home_server": s.config.server_name}
     return await s.auth.issue_session(user_id, device_id, display_name, refreshable=refreshable)
+
+
+async def _email_login_user(s: Services, body: dict[str, Any]) -> str | None:
+    """The account of an ``m.id.thirdparty`` email identifier (or the legacy top-level
+    ``medium``/``address``); None for other identifiers; 403 for an unknown address."""
+    identifier = body.get("identifier")
+    if isinstance(identifier, dict) and identifier.get("type") == "m.id.thirdparty":
+        medium, address = identifier.get("medium"), identifier.get("address")
+    elif identifier is None and "medium" in body:
+        medium, address = body.get("medium"), body.get("address")
+    else:
+        return None
+    if medium != EMAIL or not isinstance(address, str) or not s.threepids.enabled:
+        raise MatrixError(400, Codes.INVALID_PARAM,
+                          "Only email third-party identifiers are supported")
+    user_id = await s.threepids.user_for_email(address)
+    if user_id is None:
+        raise MatrixError(403, Codes.FORBIDDEN, "Invalid username or password")
+    return user_id
+
+
+async def _reset_password(s: Services, request: HomeserverRequest) -> dict[str, Any]:
+    """``/account/password`` without an access token: the user proves control of an email
+    address of their account (``m.login.email.identity``)."""
+    body = request.json_object()
+    new_password = optional_str(body, "new_password", max_len=512)
+    logout_devices = optional_bool(body, "logout_devices", True)
+    result = await s.uia.check(body, "password_reset", [[EMAIL_IDENTITY]])
+    session = result.values.get("threepid")
+    if not isinstance(session, ThreepidSession):
+        raise MatrixError(400, "M_THREEPID_AUTH_FAILED", "Validate an email of the account")
+    if new_password is None:
+        raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: new_password")
+    user_id = await s.threepids.user_for_email(session.address)
+    if user_id is None:
+        raise MatrixError(400, "M_THREEPID_NOT_FOUND", "No account has this email address")
+    await s.accounts.change_password(user_id, new_password, None, logout_devices)
+    await s.threepids.store.delete_session(session.session_id)
+    return {}
 
 
 def _login_user_id(body: dict[str, Any], server_name: str) -> str:

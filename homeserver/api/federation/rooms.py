@@ -10,6 +10,8 @@ from homeserver.http.router import JsonResponse, Router
 from homeserver.services.registry import Services
 
 MAX_MISSING = 100
+# Event IDs named in a get_missing_events request (Synapse's checks are no looser).
+MAX_MISSING_IDS = 20
 
 
 def required(request: HomeserverRequest, name: str) -> str:
@@ -53,6 +55,27 @@ def register(router: Router, s: Services) -> None:
         origin = await origin_of(request, body)
         return 200, await fed.send_leave(origin, roomId, eventId, body)
 
+    async def invite_v2(request: HomeserverRequest, roomId: str, eventId: str) -> JsonResponse:
+        body = request.json_object()
+        origin = await origin_of(request, body)
+        version = body.get("room_version")
+        if not isinstance(version, str):
+            raise MatrixError(400, Codes.BAD_JSON, "room_version must be a string")
+        signed = await fed.invites.on_invite(origin, roomId, eventId, body.get("event"),
+                                             version, body.get("invite_room_state"))
+        return 200, {"event": signed}
+
+    async def invite_v1(request: HomeserverRequest, roomId: str, eventId: str) -> JsonResponse:
+        # v1: the body is the event, its stripped state in unsigned; room versions 1 and 2.
+        body = request.json_object()
+        origin = await origin_of(request, body)
+        unsigned = body.get("unsigned")
+        state = unsigned.get("invite_room_state") if isinstance(unsigned, dict) else None
+        known = await fed.room_version(roomId)
+        signed = await fed.invites.on_invite(origin, roomId, eventId, body,
+                                             known.identifier if known else "1", state)
+        return 200, [200, {"event": signed}]
+
     async def get_event(request: HomeserverRequest, eventId: str) -> JsonResponse:
         origin = await origin_of(request)
         stored = await s.events.get_event(eventId)
@@ -70,8 +93,11 @@ def register(router: Router, s: Services) -> None:
         latest = body.get("latest_events", [])
         limit = body.get("limit", 10)
         if (not isinstance(earliest, list) or not isinstance(latest, list)
-                or not isinstance(limit, int)):
+                or not isinstance(limit, int) or isinstance(limit, bool)):
             raise MatrixError(400, Codes.BAD_JSON, "Invalid get_missing_events request")
+        if len(earliest) > MAX_MISSING_IDS or len(latest) > MAX_MISSING_IDS:
+            raise MatrixError(400, Codes.BAD_JSON,
+                              f"At most {MAX_MISSING_IDS} earliest_events and latest_events")
         return 200, {"events": await fed.missing_events(
             origin, roomId, [e for e in earliest if isinstance(e, str)],
             [e for e in latest if isinstance(e, str)], max(0, min(limit, MAX_MISSING)))}
@@ -123,6 +149,10 @@ def register(router: Router, s: Services) -> None:
     router.add("GET", "/_matrix/federation/v1/make_leave/{roomId}/{userId}", make_leave,
                resource=r)
     router.add("PUT", "/_matrix/federation/v2/send_leave/{roomId}/{eventId}", send_leave,
+               resource=r)
+    router.add("PUT", "/_matrix/federation/v2/invite/{roomId}/{eventId}", invite_v2,
+               resource=r)
+    router.add("PUT", "/_matrix/federation/v1/invite/{roomId}/{eventId}", invite_v1,
                resource=r)
     router.add("GET", "/_matrix/federation/v1/event/{eventId}", get_event, resource=r)
     router.add("POST", "/_matrix/federation/v1/get_missing_events/{roomId}",

@@ -44,6 +44,8 @@ def build_e2ee(config: Config, db: Database, clock: Clock) -> E2eeServices:
     return E2eeServices(
         keys=KeyService(keys_store, config.server_name, clock),
         cross_signing=CrossSigningService(keys_store, clock),
-        to_device=ToDeviceService(ToDeviceStore(db), config.server_name, clock),
+        to_device=ToDeviceService(
+            ToDeviceStore(db, config.max_to_device_messages_per_device),
+            config.server_name, clock),
         backup=KeyBackupService(KeyBackupStore(db)),
     )

@@ -1,10 +1,10 @@
 """Device keys: upload, query, claim, and who changed keys (the device_lists stream).
 
-For the sync engineer: ``one_time_key_counts``, ``unused_fallback_key_types``,
+For the sync engineer: ``sync_key_counts`` (one-time key counts and unused fallback types),
 ``current_device_list_position`` and ``changed_users`` (the users a client must re-query,
-filtered by the set of users it cares about). For the rooms engineer:
-``set_shared_users_source`` tells /keys/changes who shares a room with whom. For the
-federation engineer: ``set_remote`` routes queries and claims for remote users.
+filtered by the set of users it cares about; /sync and /keys/changes, which lives beside
+/sync in services/sync/device_lists.py, build on it). For the federation engineer:
+``set_remote`` routes queries and claims for remote users.
 """
 
 from __future__ import annotations
@@ -45,19 +45,8 @@ MAX_KEYS_PER_UPLOAD = 1000
 MAX_QUERY_USERS = 1000
 
 # users sharing a room with the given user (the rooms engineer provides it)
-SharedUsersSource = Callable[[str], Awaitable[set[str]]]
 # (server name, the request body for that server) -> that server's answer
 RemoteCall = Callable[[str, JsonDict], Awaitable[JsonDict]]
-
-
-async def _nobody(user_id: str) -> set[str]:
-    return set()
-
-
-def _integer_token(token: str) -> int:
-    if not token.isdigit() or len(token) > 18:
-        raise ValueError(token)
-    return int(token)
 
 
 class KeyService:
@@ -65,18 +54,10 @@ class KeyService:
         self.store = store
         self.server_name = server_name
         self.clock = clock
-        self._shared_users: SharedUsersSource = _nobody
         self._remote_query: RemoteCall | None = None
         self._remote_claim: RemoteCall | None = None
-        # Turns a /sync token into a device_lists stream position. Until /sync exists the
-        # position itself is the token; the sync engineer replaces this.
-        self.device_list_position_from_token: Callable[[str], int] = _integer_token
 
     # -- hooks -----------------------------------------------------------------------------
-
-    def set_shared_users_source(self, source: SharedUsersSource) -> None:
-        """Rooms tell us who shares a room with a user (for /keys/changes)."""
-        self._shared_users = source
 
     def set_remote(self, query: RemoteCall, claim: RemoteCall) -> None:
         """Federation: ask a remote server for device keys (/user/keys/query) and one-time
@@ -313,6 +294,11 @@ class KeyService:
         """``device_unused_fallback_key_types`` of /sync."""
         return await self.store.unused_fallback_key_types(user_id, device_id)
 
+    async def sync_key_counts(self, user_id: str, device_id: str
+                              ) -> tuple[dict[str, int], list[str]]:
+        """Both of the above, read together (one transaction per /sync response)."""
+        return await self.store.sync_key_counts(user_id, device_id)
+
     async def current_device_list_position(self) -> int:
         return await self.store.current_device_list_position()
 
@@ -325,18 +311,6 @@ class KeyService:
         ``device_lists.changed`` of /sync is this, with ``interesting`` the users sharing a
         room with ``user_id``; users newly sharing a room go there too (sync knows those)."""
         return await self.store.changed_users(user_id, since, to, interesting)
-
-    async def keys_changes(self, user_id: str, from_token: str, to_token: str | None) -> JsonDict:
-        """GET /keys/changes."""
-        try:
-            since = self.device_list_position_from_token(from_token)
-            to = self.device_list_position_from_token(to_token) if to_token else None
-        except ValueError:
-            raise invalid("'from' and 'to' must be tokens returned by /sync") from None
-        interesting = await self._shared_users(user_id)
-        changed = await self.store.changed_users(user_id, since, to, interesting)
-        # "left" needs membership history, which the rooms/sync engineers provide with sync.
-        return {"changed": sorted(changed), "left": []}
 
 
 def _no_federation() -> JsonDict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -43,6 +43,17 @@ class RemoteMediaFetcher(Protocol):
         ``sink`` as they arrive. Stop (raising) once more than ``max_bytes`` arrive; the sink
         also refuses them. Raise ``MatrixError(404, M_NOT_FOUND)`` when the origin has no such
         media and ``MatrixError(502, …)`` when it cannot be reached or answers nonsense."""
+        ...
+
+
+@runtime_checkable
+class RemoteThumbnailFetcher(Protocol):
+    async def fetch_thumbnail(
+        self, server_name: str, media_id: str, width: int, height: int, method: str,
+        animated: bool, sink: MediaSink, max_bytes: int,
+    ) -> RemoteFile:
+        """The origin's thumbnail of ``mxc://server_name/media_id`` (used when the media
+        itself is too large to fetch); errors as for ``fetch``."""
         ...
 
 
@@ -81,6 +92,10 @@ class SingleFlight(Generic[K, V]):
 
     def in_flight(self, key: K) -> bool:
         return key in self._waiting
+
+    def waiting(self, key: K) -> int:
+        """How many callers wait for the work of ``key`` (0: none running)."""
+        return len(self._waiting.get(key, []))
 
     async def run(self, key: K, work: Callable[[], Awaitable[V]]) -> V:
         d: defer.Deferred[V] = defer.Deferred()

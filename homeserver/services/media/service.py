@@ -15,7 +15,7 @@ import re
 import secrets
 import string
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, BinaryIO, TypeVar
 
@@ -24,6 +24,7 @@ from twisted.internet import defer, threads
 from federation.identifiers import is_valid_server_name
 from homeserver.clock import Clock
 from homeserver.config import Config
+from homeserver.config.model import ThumbnailSize
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.services.media import thumbnailer
 from homeserver.services.media.files import FileStore, StagedFile, TooLarge, discard
@@ -31,8 +32,10 @@ from homeserver.services.media.preview import UrlPreviewer
 from homeserver.services.media.remote import (
     FetchLimiter,
     RemoteMediaFetcher,
+    RemoteThumbnailFetcher,
     SingleFlight,
     SizeCappedSink,
+    remote_too_large,
 )
 from homeserver.storage.media import Media, MediaStore, Thumbnail
 
@@ -54,6 +57,9 @@ _TOUCH_INTERVAL_S = 600.0
 _SWEEP_INTERVAL_MS = 10 * 60 * 1000
 # Thumbnail generation runs at most this many at once (it is CPU work).
 _THUMBNAIL_CONCURRENCY = 2
+# Sizes made on request, beyond the configured ones, per media; and their largest side.
+MAX_ON_DEMAND_THUMBNAILS = 10
+MAX_ON_DEMAND_SIDE = 2000
 
 
 def new_media_id() -> str:
@@ -146,6 +152,11 @@ class MediaService:
         self._remote_flight: SingleFlight[tuple[str, str], Media] = SingleFlight()
         self.remote_limiter = FetchLimiter(config.media.max_concurrent_remote_fetches)
         self._thumbnail_flight: SingleFlight[tuple[str, str], None] = SingleFlight()
+        self._on_demand_flight: SingleFlight[tuple[str, str, int, int, str], None] = (
+            SingleFlight()
+        )
+        self._origin_thumbnail_flight: SingleFlight[
+            tuple[str, str, int, int, str, bool], None] = SingleFlight()
         self._thumbnail_slots = defer.DeferredSemaphore(_THUMBNAIL_CONCURRENCY)
         self._last_sweep_ms = 0
         self._touched: dict[tuple[str, str], float] = {}
@@ -177,6 +188,7 @@ class MediaService:
         self, user_id: str, content: BinaryIO, media_type: str | None, upload_name: str | None
     ) -> str:
         upload_name = check_upload_name(upload_name)
+        await self._check_quota(user_id)
         staged = await self._stage(content)
         media_id = new_media_id()
         now = self.clock.time_ms()
@@ -187,7 +199,16 @@ class MediaService:
             unused_expires_ts=None, authenticated=self._new_media_authenticated(),
             quarantined_by=None, last_access_ts=now, thumbnail_state=None,
         )
-        await self._commit(staged, lambda: self.store.insert(media))
+        stored = True
+
+        async def record() -> None:
+            nonlocal stored
+            stored = await self.store.insert(media, self.media_config.max_storage_bytes_per_user)
+
+        await self._commit(staged, record)
+        if not stored:
+            await self._release(staged.sha256)
+            raise over_quota()
         await self._make_thumbnails(media)
         return f"mxc://{self.server_name}/{media_id}"
 
@@ -232,6 +253,7 @@ class MediaService:
         # Check before taking in the bytes; the update below checks again, atomically.
         existing = await self.store.get(server_name, media_id)
         _check_fill(self._fill_refusal(existing, user_id))
+        await self._check_quota(user_id)
         staged = await self._stage(content)
         now = self.clock.time_ms()
 
@@ -242,6 +264,7 @@ class MediaService:
             outcome = await self.store.fill_reserved(
                 server_name, media_id, user_id, now, staged.sha256, staged.length,
                 clean_media_type(media_type), upload_name,
+                self.media_config.max_storage_bytes_per_user,
             )
 
         await self._commit(staged, fill)
@@ -261,6 +284,13 @@ class MediaService:
         if media.uploaded:
             return "exists"
         return "ok"
+
+    async def _check_quota(self, user_id: str) -> None:
+        """Refuse before reading the bytes when the user is already at the quota (the
+        store checks again, with the upload's size, when recording it)."""
+        quota = self.media_config.max_storage_bytes_per_user
+        if quota is not None and await self.store.usage(user_id) >= quota:
+            raise over_quota()
 
     async def _stage(self, content: BinaryIO) -> StagedFile:
         content.seek(0)
@@ -387,7 +417,7 @@ class MediaService:
             raise MatrixError(
                 404, Codes.NOT_FOUND,
                 f"Media from other servers ({origin}) is not available: fetching remote media "
-                "needs federation, which this server does not support yet",
+                "over federation is turned off",
             )
         fetcher = self._remote_fetcher
 
@@ -434,14 +464,31 @@ class MediaService:
         allow_remote: bool = True,
         timeout_ms: int | None = None,
     ) -> Thumbnail:
-        media = await self.get_media(server_name, media_id, legacy=legacy,
-                                     allow_remote=allow_remote, timeout_ms=timeout_ms)
+        check_media_ref(server_name, media_id)
+        remote = server_name != self.server_name and allow_remote and not legacy
+        if remote:
+            cached = await self.store.get(server_name, media_id)
+            if cached is not None and _too_large_placeholder(cached):
+                return await self._origin_thumbnail(
+                    server_name, media_id, width, height, method, animated, None)
+        try:
+            media = await self.get_media(server_name, media_id, legacy=legacy,
+                                         allow_remote=allow_remote, timeout_ms=timeout_ms)
+        except MatrixError as e:
+            if not remote or e.errcode != Codes.TOO_LARGE:
+                raise
+            # Too large to fetch whole: the origin's own thumbnail will do.
+            return await self._origin_thumbnail(
+                server_name, media_id, width, height, method, animated, e)
         thumbnails = await self.store.thumbnails(media.origin, media.media_id)
         if not thumbnails and media.thumbnail_state is None:
             # Made on upload; remote media (and uploads from before) get them on first use.
             await self._make_thumbnails(media)
             thumbnails = await self.store.thumbnails(media.origin, media.media_id)
         choice = thumbnailer.select(thumbnails, width, height, method, animated)
+        if choice is not None and not _good_enough(choice, width, height, method):
+            choice = await self._on_demand(media, thumbnails, choice, width, height, method,
+                                           animated)
         if choice is None:
             latest = await self.store.get(media.origin, media.media_id)
             if latest is not None and latest.thumbnail_state == "too_large":
@@ -451,6 +498,107 @@ class MediaService:
                 400, Codes.UNKNOWN, "Cannot generate thumbnails for the requested content"
             )
         return choice
+
+    async def _origin_thumbnail(
+        self, origin: str, media_id: str, width: int, height: int, method: str,
+        animated: bool, error: MatrixError | None,
+    ) -> Thumbnail:
+        """A thumbnail of remote media too large to fetch, from its origin's
+        ``/thumbnail``: kept (on a placeholder row) and reused like ours; at most as many
+        sizes per media as on-demand ones. ``error`` is what to answer when there is none."""
+        refusal = error or remote_too_large(self.media_config.max_remote_bytes)
+        thumbnails = await self.store.thumbnails(origin, media_id)
+        choice = thumbnailer.select(thumbnails, width, height, method, animated)
+        if choice is not None and _good_enough(choice, width, height, method):
+            return choice
+        fetcher = self._remote_fetcher
+        room = len(thumbnails) < len(self.media_config.thumbnail_sizes) + MAX_ON_DEMAND_THUMBNAILS
+        if not isinstance(fetcher, RemoteThumbnailFetcher) or not room:
+            if choice is not None:
+                return choice
+            raise refusal
+        key = (origin, media_id, width, height, method, animated)
+        try:
+            await self._origin_thumbnail_flight.run(key, lambda: self.remote_limiter.run(
+                lambda: self._fetch_origin_thumbnail(fetcher, origin, media_id, width, height,
+                                                     method, animated)))
+        except MatrixError:
+            if choice is not None:
+                return choice
+            raise
+        fresh = await self.store.thumbnails(origin, media_id)
+        choice = thumbnailer.select(fresh, width, height, method, animated) or choice
+        if choice is None:
+            raise refusal
+        return choice
+
+    async def _fetch_origin_thumbnail(
+        self, fetcher: RemoteThumbnailFetcher, origin: str, media_id: str, width: int,
+        height: int, method: str, animated: bool,
+    ) -> None:
+        limit = self.media_config.max_remote_bytes
+        writer = self.files.open_writer()
+        try:
+            await fetcher.fetch_thumbnail(origin, media_id, width, height, method, animated,
+                                          SizeCappedSink(writer, limit), limit)
+            staged = await threads.deferToThread(writer.finish)
+        except BaseException:
+            writer.abort()
+            raise
+        try:
+            info = await threads.deferToThread(thumbnailer.probe, staged.tmp_path)
+        except (thumbnailer.NotAnImage, thumbnailer.ImageTooLarge):
+            discard(staged)
+            raise MatrixError(
+                502, Codes.UNKNOWN, "The origin's thumbnail is not an image") from None
+        await self.store.ensure_placeholder(origin, media_id, self.clock.time_ms(),
+                                            self._new_media_authenticated())
+        row = Thumbnail(info.width, info.height, method, info.animated, info.media_type,
+                        staged.sha256, staged.length)
+        added = True
+
+        async def record() -> None:
+            nonlocal added
+            added = await self.store.add_thumbnails(origin, media_id, [row], "origin")
+
+        await self._commit(staged, record)
+        if not added:  # the placeholder was deleted meanwhile
+            await self._release(staged.sha256)
+
+    async def _on_demand(
+        self, media: Media, thumbnails: list[Thumbnail], choice: Thumbnail, width: int,
+        height: int, method: str, animated: bool,
+    ) -> Thumbnail:
+        """A thumbnail of the size asked for when no stored one answers it (a crop of
+        another size or shape, or a scale smaller than the box while the image is larger).
+        At most ``MAX_ON_DEMAND_THUMBNAILS`` sizes per media beyond the configured ones, so
+        requests cannot fill the disk; past that, the best stored one is served."""
+        if media.sha256 is None or not thumbnails:
+            return choice
+        sizes = {(t.width, t.height, t.method) for t in thumbnails if not t.animated}
+        if len(sizes) >= len(self.media_config.thumbnail_sizes) + MAX_ON_DEMAND_THUMBNAILS:
+            return choice
+        path = self.files.path(media.sha256)
+        spec = ThumbnailSize(min(width, MAX_ON_DEMAND_SIDE), min(height, MAX_ON_DEMAND_SIDE),
+                             method)
+        try:
+            info = await threads.deferToThread(thumbnailer.probe, path)
+        except (thumbnailer.NotAnImage, thumbnailer.ImageTooLarge, OSError):
+            return choice
+        expected = thumbnailer.output_size(info.width, info.height, spec)
+        if (choice.width, choice.height, choice.method) == (*expected, method):
+            return choice  # the image is smaller than the box: this is the best there is
+        key = (media.origin, media.media_id, spec.width, spec.height, method)
+        try:
+            await self._on_demand_flight.run(key, lambda: self._generate(media, [spec]))
+        except defer.CancelledError:
+            raise
+        except Exception:
+            logger.exception("thumbnailing %s/%s on demand failed", media.origin,
+                             media.media_id)
+            return choice
+        fresh = await self.store.thumbnails(media.origin, media.media_id)
+        return thumbnailer.select(fresh, width, height, method, animated) or choice
 
     async def _make_thumbnails(self, media: Media) -> None:
         if media.sha256 is None:
@@ -463,29 +611,39 @@ class MediaService:
         except Exception:
             logger.exception("thumbnailing %s/%s failed", media.origin, media.media_id)
 
-    async def _generate(self, media: Media) -> None:
+    async def _generate(
+        self, media: Media, sizes: Sequence[ThumbnailSize] | None = None
+    ) -> None:
+        """Thumbnails of the configured sizes (or of ``sizes``, on demand)."""
         assert media.sha256 is not None
+        on_demand = sizes is not None
+        sizes = self.media_config.thumbnail_sizes if sizes is None else sizes
         is_image = (media.media_type or "").startswith("image/")
-        if not is_image or not self.media_config.thumbnail_sizes:
+        if not is_image or not sizes:
             await self.store.set_thumbnail_state(media.origin, media.media_id, "unsupported")
             return
         path = self.files.path(media.sha256)
         await self._thumbnail_slots.acquire()
         try:
             generated = await threads.deferToThread(
-                thumbnailer.generate, path, self.media_config.thumbnail_sizes,
-                self.media_config.max_image_pixels,
+                thumbnailer.generate, path, sizes, self.media_config.max_image_pixels,
             )
         except thumbnailer.NotAnImage:
+            if on_demand:
+                return
             await self.store.set_thumbnail_state(media.origin, media.media_id, "unsupported")
             return
         except thumbnailer.ImageTooLarge:
+            if on_demand:
+                return
             await self.store.set_thumbnail_state(media.origin, media.media_id, "too_large")
             return
         except Exception:
             # A decoder failing on hostile or broken input: no thumbnails, and no retrying.
             logger.exception("thumbnailing %s/%s failed", media.origin, media.media_id)
-            await self.store.set_thumbnail_state(media.origin, media.media_id, "unsupported")
+            if not on_demand:
+                await self.store.set_thumbnail_state(media.origin, media.media_id,
+                                                     "unsupported")
             return
         finally:
             self._thumbnail_slots.release()
@@ -568,12 +726,32 @@ class MediaService:
         return count
 
 
+def _too_large_placeholder(media: Media) -> bool:
+    """The row kept for remote media too large to fetch (it holds the origin's thumbnails)."""
+    return (media.user_id is None and not media.uploaded and media.thumbnail_state == "origin"
+            and media.quarantined_by is None)
+
+
+def _good_enough(t: Thumbnail, width: int, height: int, method: str) -> bool:
+    """Whether a stored thumbnail answers a request without making one (the spec allows
+    larger ones): a crop of the box's shape at least as large, or a scale reaching the box
+    on one side."""
+    if method == "crop":
+        return t.method == "crop" and t.width * height == t.height * width and t.width >= width
+    return t.method == "scale" and (t.width >= width or t.height >= height)
+
+
 def check_upload_name_lenient(name: str | None) -> str | None:
     """A remote server's file name, dropped (not refused) when unusable."""
     try:
         return check_upload_name(name)
     except MatrixError:
         return None
+
+
+def over_quota() -> MatrixError:
+    # The spec's answer to an upload over the user's quota.
+    return MatrixError(403, Codes.FORBIDDEN, "You have reached your quota for uploaded media")
 
 
 def _check_fill(outcome: str) -> None:
@@ -583,3 +761,5 @@ def _check_fill(outcome: str) -> None:
         raise MatrixError(403, Codes.FORBIDDEN, "Only the creator of a media ID can upload to it")
     if outcome == "exists":
         raise MatrixError(409, "M_CANNOT_OVERWRITE_MEDIA", "Media already uploaded")
+    if outcome == "quota":
+        raise over_quota()

@@ -24,6 +24,7 @@ from twisted.internet import defer, task
 from homeserver.clock import Clock
 from homeserver.services.events import EventsService
 from homeserver.services.push.counts import PushEvaluator, RoomCounts
+from homeserver.services.push.email import EmailPushers
 from homeserver.services.push.gateway import PushGatewayClient
 from homeserver.services.push.pushers import PusherPool
 from homeserver.services.push.rules import PushRules
@@ -79,9 +80,17 @@ class PushService:
         self.evaluator.on_notified.append(self.pushers.on_notified)
         pipeline.on_persisted.append(self.evaluator.on_persisted)
         self._pruner: task.LoopingCall | None = None
+        # Email pushers, when email is configured (set by the registry; push/email.py).
+        self.email: EmailPushers | None = None
+
+    def set_email(self, email: EmailPushers) -> None:
+        self.email = email
+        self.evaluator.on_notified.append(email.on_notified)
 
     async def start(self) -> None:
         await self.pushers.start()
+        if self.email is not None:
+            await self.email.start()
         self._pruner = task.LoopingCall(lambda: defer.ensureDeferred(self._prune()))
         self._pruner.clock = self.reactor
         self._pruner.start(PRUNE_INTERVAL_S, now=False)
@@ -89,6 +98,8 @@ class PushService:
     async def stop(self) -> None:
         self.evaluator.stop()
         self.pushers.stop()
+        if self.email is not None:
+            self.email.stop()
         if self._pruner is not None and self._pruner.running:
             self._pruner.stop()
         await self.gateway.close()

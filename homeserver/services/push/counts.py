@@ -113,7 +113,7 @@ class PushEvaluator:
         self.server_name = server_name
         self.reactor = reactor
         self._suffix = ":" + server_name
-        self._rooms: LruCache[str, RoomPushState] = LruCache(room_cache_size)
+        self._rooms: LruCache[str, RoomPushState] = LruCache(room_cache_size, "push_rooms")
         self._queues: dict[str, deque[list[StoredEvent]]] = {}
         self._idle_waiters: dict[str, list[defer.Deferred[None]]] = {}
         self._stopped = False

@@ -369,7 +369,7 @@ class PushRules:
         self.legacy = legacy
         self.default_ids = default_rule_ids(legacy=legacy)
         self.compiler = RuleCompiler(legacy)
-        self._info: LruCache[str, UserPushInfo] = LruCache(cache_size)
+        self._info: LruCache[str, UserPushInfo] = LruCache(cache_size, "push_rules")
         # Invalidation epochs, so that a load racing an invalidation is not cached.
         self._epoch = 0
         self._invalidated: LruCache[str, int] = LruCache(cache_size)

@@ -3,7 +3,7 @@
 
 from homeserver.services.sync.filter import EventFilter, SyncFilter, parse_filter_json
 from homeserver.services.sync.service import SyncRequest, SyncService
-from homeserver.services.sync.token import InvalidToken, SyncToken, device_list_position
+from homeserver.services.sync.token import InvalidToken, SyncToken
 
 __all__ = [
     "EventFilter",
@@ -12,6 +12,5 @@ __all__ = [
     "SyncRequest",
     "SyncService",
     "SyncToken",
-    "device_list_position",
     "parse_filter_json",
 ]

@@ -34,6 +34,7 @@ from twisted.internet import defer
 
 from federation.events import JsonDict, StateKey
 from homeserver.clock import Clock
+from homeserver.http.errors import Codes, MatrixError
 from homeserver.services.e2ee import E2eeServices
 from homeserver.services.events import MEMBER, EventsService
 from homeserver.services.notifier import Notifier
@@ -41,12 +42,14 @@ from homeserver.services.presence import OFFLINE, PresenceService
 from homeserver.services.receipts import ReceiptService, receipt_events
 from homeserver.services.rooms import RoomService
 from homeserver.services.state import StateService
+from homeserver.services.sync.device_lists import device_list_delta
 from homeserver.services.sync.filter import EventFilter, SyncFilter
-from homeserver.services.sync.token import SyncToken
+from homeserver.services.sync.token import InvalidToken, SyncToken
 from homeserver.services.typing import TypingService
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.cache import LruCache
 from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.storage.out_of_band import OutOfBandMembership, OutOfBandStore
 from homeserver.storage.state import StateFilter, StateStore
 from homeserver.storage.sync import MembershipChange, SyncStore
 
@@ -61,6 +64,7 @@ STRIPPED_STATE: list[StateKey] = [
 ]
 SUMMARY_TYPES = {MEMBER, NAME[0], CANONICAL_ALIAS[0]}
 IGNORED_USER_LIST = "m.ignored_user_list"
+PUSH_RULES = "m.push_rules"
 TO_DEVICE_LIMIT = 100
 # At most this many rounds of reading back when filters hide events from a timeline.
 MAX_TIMELINE_ROUNDS = 5
@@ -87,6 +91,8 @@ class _Snapshot:
     memberships: dict[str, tuple[str, str]]
     # For an initial sync: the events position read before the memberships.
     base_events: int = 0
+    # The out-of-band memberships among ``memberships``, by event ID.
+    out_of_band: dict[str, OutOfBandMembership] = field(default_factory=dict)
 
     @property
     def joined_rooms(self) -> list[str]:
@@ -129,6 +135,27 @@ def _diff(old: Mapping[StateKey, str], new: Mapping[StateKey, str]) -> dict[Stat
 def _stripped(ev: StoredEvent) -> JsonDict:
     e = ev.event
     return {"type": e.type, "state_key": e.state_key, "sender": e.sender, "content": e.content}
+
+
+def _out_of_band_leave(req: SyncRequest, oob: OutOfBandMembership, now: int,
+                       account_data: list[JsonDict]) -> JsonDict:
+    """A rejected invite to a room this server is not in: the leave event alone."""
+    ev = oob.event
+    events: list[JsonDict] = []
+    if req.filter.timeline.matches(ev.type, ev.sender, ev.content):
+        events.append(ev.pdu_json() if req.filter.event_format == "federation" else {
+            "event_id": ev.event_id, "type": ev.type, "sender": ev.sender,
+            "state_key": ev.state_key, "content": ev.content,
+            "origin_server_ts": ev.origin_server_ts,
+            "unsigned": {"age": max(0, now - ev.origin_server_ts)},
+        })
+    data: JsonDict = {
+        "timeline": {"events": events, "limited": False,
+                     "prev_batch": f"s{oob.stream_ordering - 1}"},
+        "account_data": {"events": account_data},
+    }
+    data["state_after" if req.use_state_after else "state"] = {"events": []}
+    return data
 
 
 async def _gather(items: Sequence[T], fn: Callable[[T], Awaitable[Any]]) -> list[Any]:
@@ -184,6 +211,10 @@ class SyncService:
         self.push_source = push_source
         self.closing = False
         self._acked: LruCache[tuple[str, str], int] = LruCache(100_000)
+        # user -> (account_data position, ignored users read at or after it)
+        self._ignored: LruCache[str, tuple[int, frozenset[str]]] = LruCache(100_000)
+        # Invites to (and rejections of) rooms this server is not in; set by federation.
+        self.out_of_band: OutOfBandStore | None = None
 
     def shutdown(self) -> None:
         """Answer every waiting request now and wait no more (the server is stopping)."""
@@ -202,11 +233,33 @@ class SyncService:
     async def current_token(self) -> SyncToken:
         return SyncToken.from_positions(await self.store.positions(), self.typing.position)
 
+    async def keys_changes(self, user_id: str, from_token: str,
+                           to_token: str | None) -> JsonDict:
+        """GET /keys/changes: the device_lists delta between two /sync tokens."""
+        try:
+            since = SyncToken.parse(from_token)
+            to = SyncToken.parse(to_token) if to_token else await self.current_token()
+        except InvalidToken:
+            raise MatrixError(400, Codes.INVALID_PARAM,
+                              "'from' and 'to' must be tokens returned by /sync") from None
+        changed, left = await device_list_delta(self.store, self.state_store, self.e2ee.keys,
+                                                user_id, since, to)
+        return {"changed": sorted(changed), "left": sorted(left)}
+
     async def _snapshot(self, user_id: str, initial: bool) -> _Snapshot:
         base = (await self.store.positions()).get("events", 0) if initial else 0
         rows = await self.state_store.rooms_for_user(user_id)
         memberships = {m.room_id: (m.membership, m.event_id) for m in rows}
-        return _Snapshot(await self.current_token(), memberships, base)
+        out_of_band = {}
+        if self.out_of_band is not None:
+            for o in await self.out_of_band.latest(user_id):
+                known = memberships.get(o.room_id)
+                member = await self.events.get_event(known[1]) if known else None
+                # Newer than what the room's (possibly stale) state says.
+                if member is None or member.stream_ordering < o.stream_ordering:
+                    memberships[o.room_id] = (o.membership, o.event_id)
+                    out_of_band[o.event_id] = o
+        return _Snapshot(await self.current_token(), memberships, base, out_of_band)
 
     async def _sync(self, req: SyncRequest) -> JsonDict:
         since = req.since
@@ -250,13 +303,9 @@ class SyncService:
             "device_lists": {"changed": sorted(result.changed), "left": sorted(result.left)},
         }
         if req.device_id:
-            keys = self.e2ee.keys
-            body["device_one_time_keys_count"] = await keys.one_time_key_counts(
-                req.user_id, req.device_id
-            )
-            body["device_unused_fallback_key_types"] = await keys.unused_fallback_key_types(
-                req.user_id, req.device_id
-            )
+            counts, fallback = await self.e2ee.keys.sync_key_counts(req.user_id, req.device_id)
+            body["device_one_time_keys_count"] = counts
+            body["device_unused_fallback_key_types"] = fallback
         return body
 
     # == computing the response =============================================================
@@ -277,6 +326,15 @@ class SyncService:
         # Membership at ``now``: as read, updated by the user's membership events since.
         lower = snap.base_events if initial else s.events
         changes = await self.store.membership_changes(user, lower, now.events)
+        out_of_band: dict[str, OutOfBandMembership] = {}
+        if self.out_of_band is not None and lower < now.events:
+            for o in await self.out_of_band.changes(user, lower, now.events):
+                out_of_band[o.event_id] = o
+                changes.append(MembershipChange(
+                    o.room_id, o.event_id, o.membership, o.stream_ordering,
+                    "invite" if o.membership == "leave" else None, o.sender))
+            changes.sort(key=lambda c: c.stream_ordering)
+        out_of_band.update(snap.out_of_band)
         by_room: dict[str, list[MembershipChange]] = defaultdict(list)
         current = dict(snap.memberships)
         for c in changes:
@@ -297,7 +355,7 @@ class SyncService:
                 )
             return current[room_id][0] == "join"
 
-        ignored = await self._ignored_users(user)
+        ignored = await self._ignored_users(user, now.account_data)
         joined_all = [r for r, (m, _) in current.items() if m == "join"]
         joined = [r for r in joined_all if f.allows_room(r)]
         new_joined = {r for r in joined if full or not joined_at_since(r)}
@@ -330,6 +388,8 @@ class SyncService:
                 data_type
             ):
                 room_data[room_id].append(ev)
+        if initial:
+            await self._default_push_rules(user, account_rows, f.account_data, result)
 
         to_emit = set(new_joined)
         to_emit |= {r for r in old_joined if r in with_events or r in typing_rooms
@@ -361,12 +421,12 @@ class SyncService:
                     or data["account_data"]["events"] or req.full_state):
                 return room_id, None
             data["ephemeral"] = {"events": ephemeral}
-            await self._unread(req, room_id, data)
             return room_id, data
 
         for room_id, data in await _gather(sorted(to_emit), join_room):
             if data is not None:
                 result.join[room_id] = data
+        await self._unread(req, result.join)
 
         # Invites and knocks: new ones (all of them on an initial sync).
         for room_id, (membership, event_id) in sorted(current.items()):
@@ -375,6 +435,15 @@ class SyncService:
             if not initial and room_id not in by_room and not req.full_state:
                 continue
             member = await self.events.get_event(event_id)
+            oob = out_of_band.get(event_id)
+            if member is None and oob is not None and membership == "invite":
+                if oob.sender not in ignored:
+                    result.invite[room_id] = {"invite_state": {"events": oob.stripped_state}}
+                continue
+            if member is None and oob is not None:
+                # A knock on a room this server is not in (services/federation_knocks).
+                result.knock[room_id] = {"knock_state": {"events": oob.stripped_state}}
+                continue
             if member is None:
                 continue
             if membership == "invite" and member.event.sender in ignored:
@@ -396,6 +465,10 @@ class SyncService:
             leave_rooms = [r for r in leave_rooms if r not in forgotten]
 
         async def leave_room(room_id: str) -> tuple[str, JsonDict | None]:
+            oob = out_of_band.get(current[room_id][1])
+            if oob is not None:
+                return room_id, _out_of_band_leave(req, oob, self.clock.time_ms(),
+                                                   room_data.get(room_id, []))
             return room_id, await self._left_room(
                 req, room_id, current[room_id][1], by_room.get(room_id, []),
                 joined_at_since(room_id, skip_last=True), full, ignored,
@@ -413,7 +486,10 @@ class SyncService:
             )
         await self._presence(user, s, now, initial, result, f.presence, ignored,
                              sorted(newly_joined_all))
-        if req.device_id:
+        if req.device_id and since is not None and s.to_device >= now.to_device:
+            # No message for any device since the token: nothing to read.
+            result.token = result.token.with_(to_device=max(now.to_device, s.to_device))
+        elif req.device_id:
             batch = await self.e2ee.to_device.get_to_device(
                 user, req.device_id, s.to_device if since else 0, TO_DEVICE_LIMIT
             )
@@ -594,30 +670,36 @@ class SyncService:
             summary["m.heroes"] = await self.store.heroes(room_id, user_id)
         return summary
 
-    async def _unread(self, req: SyncRequest, room_id: str, data: JsonDict) -> None:
-        """Unread counts from the push service: ``(notifications, highlights, threads)`` with
-        totals for the whole room and ``threads`` {root: (notifications, highlights)}. With
+    async def _unread(self, req: SyncRequest, rooms: Mapping[str, JsonDict]) -> None:
+        """Unread counts of the joined rooms in the response, from the push service in one
+        query: totals for the whole room and per thread root. With
         ``unread_thread_notifications`` the room's counts are the main timeline's (totals
         minus the threads') and the threads are listed apart."""
+        if not rooms:
+            return
         push = self.push_source()
         if push is None:
-            data["unread_notifications"] = {"notification_count": 0, "highlight_count": 0}
+            for data in rooms.values():
+                data["unread_notifications"] = {"notification_count": 0, "highlight_count": 0}
             return
-        notifications, highlights, threads = await push.unread_counts(req.user_id, room_id)
-        if req.filter.timeline.unread_thread_notifications:
-            per_thread = {
-                root: {"notification_count": int(n), "highlight_count": int(h)}
-                for root, (n, h) in (threads or {}).items()
-                if n or h
+        counts = await push.counts_for_rooms(req.user_id, list(rooms))
+        for room_id, data in rooms.items():
+            c = counts[room_id]
+            notifications, highlights = c.notifications, c.highlights
+            if req.filter.timeline.unread_thread_notifications:
+                per_thread = {
+                    root: {"notification_count": int(n), "highlight_count": int(h)}
+                    for root, (n, h) in c.threads.items()
+                    if n or h
+                }
+                notifications -= sum(t["notification_count"] for t in per_thread.values())
+                highlights -= sum(t["highlight_count"] for t in per_thread.values())
+                if per_thread:
+                    data["unread_thread_notifications"] = per_thread
+            data["unread_notifications"] = {
+                "notification_count": max(0, int(notifications)),
+                "highlight_count": max(0, int(highlights)),
             }
-            notifications -= sum(c["notification_count"] for c in per_thread.values())
-            highlights -= sum(c["highlight_count"] for c in per_thread.values())
-            if per_thread:
-                data["unread_thread_notifications"] = per_thread
-        data["unread_notifications"] = {
-            "notification_count": max(0, int(notifications)),
-            "highlight_count": max(0, int(highlights)),
-        }
 
     async def _left_room(
         self,
@@ -681,11 +763,32 @@ class SyncService:
             out = [f.shape(e) for e in out]
         return out
 
-    async def _ignored_users(self, user_id: str) -> set[str]:
+    async def _default_push_rules(self, user: str, rows: Sequence[tuple[str, str, Any]],
+                                  wanted: EventFilter, result: _Result) -> None:
+        """``m.push_rules`` is written only when a user changes a rule; clients (Element)
+        expect it in every initial sync, so a user who never changed theirs gets the
+        server-default ruleset here, as Synapse does."""
+        push = self.push_source()
+        if push is None or not wanted.matches(PUSH_RULES):
+            return
+        if any(not room_id and data_type == PUSH_RULES for room_id, data_type, _ in rows):
+            return
+        result.account_data.append(
+            {"type": PUSH_RULES, "content": {"global": await push.rules.ruleset(user)}}
+        )
+
+    async def _ignored_users(self, user_id: str, position: int) -> set[str]:
+        """The user's ignore list; ``position`` is the account_data stream's, read before:
+        while it has not moved, nobody's account data has changed and a cached list holds."""
+        hit = self._ignored.get(user_id)
+        if hit is not None and hit[0] == position:
+            return set(hit[1])
         content = await self.account_data.get(user_id, "", IGNORED_USER_LIST)
+        ignored: set[str] = set()
         if isinstance(content, dict) and isinstance(content.get("ignored_users"), dict):
-            return {u for u in content["ignored_users"] if isinstance(u, str) and u != user_id}
-        return set()
+            ignored = {u for u in content["ignored_users"] if isinstance(u, str) and u != user_id}
+        self._ignored.set(user_id, (position, frozenset(ignored)))
+        return ignored
 
     # == device lists and presence ==========================================================
 

@@ -65,13 +65,3 @@ class SyncToken:
         """Whether every position here is at or past ``other``'s."""
         return all(getattr(self, n) >= getattr(other, n) for n in STREAMS)
 
-
-def device_list_position(token: str) -> int:
-    """The device_lists position of a sync token (for /keys/changes); a bare integer is
-    accepted too."""
-    if token.isdigit() and len(token) <= 18:
-        return int(token)
-    try:
-        return SyncToken.parse(token).device_lists
-    except InvalidToken:
-        raise ValueError(token) from None

@@ -1,0 +1,1 @@
+"""Email: the SMTP client (``mailer``) and the messages we send (``messages``)."""
