@@ -65,6 +65,8 @@ logger = logging.getLogger(__name__)
 
 # How long shutdown waits for in-flight requests before closing their connections.
 SHUTDOWN_GRACE_SECONDS = 10.0
+# After the last response: how long its bytes get to leave before idle connections are cut.
+CLOSE_FLUSH_SECONDS = 2.0
 
 
 class HomeServer:
@@ -164,6 +166,11 @@ class HomeServer:
         while any(site.busy() for site in self.sites) and waited < SHUTDOWN_GRACE_SECONDS:
             await task.deferLater(self.reactor, 0.05, lambda: None)
             waited += 0.05
+        flushed = 0.0
+        while any(site.unsent_on_idle_connections() for site in self.sites) and \
+                flushed < CLOSE_FLUSH_SECONDS:
+            await task.deferLater(self.reactor, 0.05, lambda: None)
+            flushed += 0.05
         for site in self.sites:
             site.close_idle_connections()
         remaining = sum(len(site.in_flight) for site in self.sites)

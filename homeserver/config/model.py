@@ -219,6 +219,9 @@ class EmailConfig:
     from_address: str = "Matrix <noreply@localhost>"
     app_name: str = "Matrix"
     validation_token_lifetime_ms: int = 3600 * 1000
+    # The domains a requestToken's next_link may point at (lower case); others are refused.
+    # None: any domain, but the validated page only shows the link (no automatic redirect).
+    next_link_domain_whitelist: tuple[str, ...] | None = None
     # Send email notifications (email pushers) at all, and how long a notification waits
     # unread before it is mailed (others arriving meanwhile join the same email).
     enable_notifications: bool = True
@@ -599,6 +602,8 @@ def _email(s: Section, server_name: str) -> EmailConfig:
         app_name=s.string("app_name", "Matrix"),
         validation_token_lifetime_ms=_duration(s, "validation_token_lifetime", 3_600_000)
         or 0,
+        next_link_domain_whitelist=None if s._raw("next_link_domain_whitelist", None) is None
+        else tuple(d.lower() for d in s.str_list("next_link_domain_whitelist")),
         enable_notifications=s.boolean("enable_notifications", True),
         notification_delay_ms=s.integer("notification_delay_ms", 10 * 60 * 1000, min=0,
                                         max=7 * 86_400_000),

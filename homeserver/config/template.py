@@ -349,6 +349,10 @@ email:
   app_name: "Matrix"
   # How long a validation link stays valid.
   validation_token_lifetime: "1h"
+  # The domains a client's next_link (where the validation page sends the user) may point
+  # at; others are refused. Unset: any domain, but the page only shows the link instead of
+  # redirecting to it.
+  # next_link_domain_whitelist: ["chat.example.com"]
   # Email pushers: how long a notification waits unread before it is mailed (ms); the
   # notifications arriving meanwhile join the same email. Encrypted rooms' messages are
   # never quoted.

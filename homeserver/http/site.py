@@ -237,6 +237,15 @@ class RootResource(resource.Resource):
             current_request_id.reset(token)
 
 
+def _unsent(transport: Any) -> bool:
+    # A TLS transport wraps the TCP one; either may hold bytes not yet given to the kernel.
+    for t in (transport, getattr(transport, "transport", None)):
+        if t is not None and any(getattr(t, name, None) for name in
+                                 ("dataBuffer", "_tempDataLen", "_appSendBuffer")):
+            return True
+    return False
+
+
 def _first_cause(error: defer.FirstError) -> BaseException:
     cause: BaseException | None = error
     while isinstance(cause, defer.FirstError):
@@ -342,17 +351,24 @@ class HomeserverSite(server.Site):
         return bool(self.in_flight) or any(
             getattr(channel, "requests", None) for channel in self._open_channels())
 
-    def close_idle_connections(self) -> None:
-        """At shutdown: drop kept-alive connections with no request in flight or arriving."""
+    def _idle_channels(self) -> list[Any]:
         busy = {getattr(r, "channel", None) for r in self.in_flight}
-        for channel in self._open_channels():
-            receiving = bool(getattr(channel, "requests", None))
-            if channel not in busy and not receiving and \
-                    getattr(channel, "transport", None) is not None:
-                # Abort, not lose: a TLS close waits for the peer's close_notify, which an
-                # idle client never sends, and the connection would linger (serving requests
-                # after shutdown).
-                channel.transport.abortConnection()
+        return [c for c in self._open_channels()
+                if c not in busy and not getattr(c, "requests", None)
+                and getattr(c, "transport", None) is not None]
+
+    def unsent_on_idle_connections(self) -> bool:
+        """Whether a finished response still has bytes in a write buffer (twisted's, or the
+        TLS layer's) on a connection shutdown is about to cut."""
+        return any(_unsent(c.transport) for c in self._idle_channels())
+
+    def close_idle_connections(self) -> None:
+        """At shutdown: drop kept-alive connections with no request in flight or arriving.
+        Abort, not lose: a TLS close waits for the peer's close_notify, which an idle client
+        never sends, and the connection would linger (serving requests after shutdown); the
+        caller first lets written responses leave (``unsent_on_idle_connections``)."""
+        for channel in self._idle_channels():
+            channel.transport.abortConnection()
 
     def log(self, request: http.Request) -> None:
         pass

@@ -8,6 +8,7 @@ them as history (``EventsService.persist_backfilled``) before answering the page
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from federation.auth_rules import AuthError, check_auth
@@ -90,7 +91,13 @@ class Backfiller:
             return False
         await self._fetch_auth_events(server, room_id, rv, batch)
         ordered = _topological(batch)
-        checked = [(e, await self._auth_verdict(e, batch)) for e in ordered]
+        checked: list[tuple[Event, str | None]] = []
+        failed: set[str] = set()  # failed auth earlier in this batch: rejected for later ones
+        for ev in ordered:
+            verdict = await self._auth_verdict(ev, batch, failed)
+            if verdict is not None:
+                failed.add(ev.event_id)
+            checked.append((ev, verdict))
         stored = await self.s.pipeline.persist_backfilled(room_id, checked, successor)
         logger.info("backfilled %d events of %s from %s", len(stored), room_id, server)
         return bool(stored)
@@ -111,7 +118,8 @@ class Backfiller:
                 if fetched is not None and fetched.room_id == room_id:
                     batch[event_id] = fetched
 
-    async def _auth_verdict(self, event: Event, batch: dict[str, Event]) -> str | None:
+    async def _auth_verdict(self, event: Event, batch: dict[str, Event],
+                            failed: Collection[str] = ()) -> str | None:
         """Why the event fails the auth rules against its own auth events (None: it
         passes)."""
         rv = event.room_version
@@ -123,7 +131,7 @@ class Backfiller:
         stored = await self.s.events.get_events([i for i in ids if i not in batch])
         auth = {i: batch[i] for i in ids if i in batch}
         auth.update({i: se.event for i, se in stored.items()})
-        rejected = {i for i, se in stored.items() if se.rejected is not None}
+        rejected = {i for i, se in stored.items() if se.rejected is not None} | set(failed)
         if any(i not in auth for i in event.auth_event_ids):
             return "auth events are missing"
         try:

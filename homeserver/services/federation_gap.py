@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING
 from federation.auth_rules import AuthError, check_auth
 from federation.events import Event, StateKey
 from federation.identifiers import create_event_id_from_room_id
-from federation.pdu_checks import PduRejected
+from federation.pdu_checks import AuthEventsRejected, PduRejected, check_auth_events
 from federation.transport.client import FederationClientError
 from homeserver.services.events import MissingEvents, ReceivedResult
 
 if TYPE_CHECKING:
     from homeserver.services.federation_in import FederationRooms
+    from homeserver.storage.events import StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -63,24 +64,27 @@ class GapFiller:
             prev_state_ids = {}
             missing_prevs = list(dict.fromkeys(missing_prevs))
             for p in missing_prevs:
-                prev_state_ids[p] = await self._state_ids(origin, event, p, budget)
                 await self._fetch(origin, event, [p], fetched, budget)
+                if p in fetched:  # else stored meanwhile: no gap before it any more
+                    prev_state_ids[p] = await self._state_ids(origin, event, p, budget)
+            gap = list(prev_state_ids)
             wanted = {i for ids in prev_state_ids.values() for i in ids}
-            wanted |= {a for p in missing_prevs for a in fetched[p].auth_event_ids}
+            wanted |= {a for p in gap for a in fetched[p].auth_event_ids}
             wanted |= set(event.auth_event_ids)
             await self._fetch(origin, event, wanted, fetched, budget)
             known = await self._close_auth(origin, event, fetched, budget)
             stored = await self.s.events.get_events(wanted - fetched.keys())
+            _refuse_rejected(stored)
         except (GapTooBig, FederationClientError) as e:
             logger.info("cannot fill the gap before %s from %s: %s", event.event_id,
                         origin, e)
             raise MissingEvents(list(missing_prevs)) from None
         everything = {**known, **{i: se.event for i, se in stored.items()}, **fetched}
         history = [e for e in _auth_order(fetched.values())
-                   if e.event_id not in missing_prevs]
+                   if e.event_id not in gap]
         _check_auth_chain(history, everything)
         prevs = []
-        for p in missing_prevs:
+        for p in gap:
             state = _state_map(prev_state_ids[p], everything, event.room_id)
             _check_auth_chain([fetched[p]], everything)
             prevs.append((fetched[p], state))
@@ -139,7 +143,8 @@ class GapFiller:
             if not cited:
                 return known
             stored = await self.s.events.get_events(cited)
-            known.update({i: se.event for i, se in stored.items() if se.rejected is None})
+            _refuse_rejected(stored)
+            known.update({i: se.event for i, se in stored.items()})
             lacking = cited - stored.keys()
             if not lacking:
                 return known
@@ -174,16 +179,27 @@ def _auth_order(events: Iterable[Event]) -> list[Event]:
 def _check_auth_chain(events: Iterable[Event], by_id: Mapping[str, Event]) -> None:
     """Each event must pass the auth rules against its own auth events."""
     for e in events:
-        auth = {by_id[a].state_tuple: by_id[a] for a in e.auth_event_ids if a in by_id}
+        create = None
         if e.room_version.room_id_is_create_event_hash and not e.is_create():
             create = by_id.get(create_event_id_from_room_id(e.room_id))
-            if create is not None:
-                auth[create.state_tuple] = create
         try:
+            # Every cited auth event must be there (and none rejected: _refuse_rejected).
+            auth = check_auth_events(
+                e, {a: by_id[a] for a in e.auth_event_ids if a in by_id}, create_event=create)
             check_auth(e, auth)
+        except AuthEventsRejected as err:
+            raise PduRejected(f"{e.event_id} from the gap has bad auth events: "
+                              f"{err.reason}") from None
         except AuthError as err:
             raise PduRejected(f"{e.event_id} from the gap fails the auth rules: "
                               f"{err.reason}") from None
+
+
+def _refuse_rejected(stored: Mapping[str, StoredEvent]) -> None:
+    """Events we stored as rejected are neither state nor auth events for a fill."""
+    bad = sorted(i for i, se in stored.items() if se.rejected is not None)
+    if bad:
+        raise PduRejected(f"the gap cites events rejected here: {', '.join(bad)}")
 
 
 def _state_map(ids: Sequence[str], by_id: Mapping[str, Event],

@@ -111,8 +111,13 @@ class FederationRooms:
         self.outbox_cursor.begin(local)
 
         async def job() -> None:
-            await self._send_out(room_id, local)
-            await self.outbox_cursor.done(local)
+            try:
+                await self._send_out(room_id, local)
+            finally:
+                # Even on failure (logged by _queue): a batch that stayed in flight would
+                # hold the cursor back for good, and every restart would re-send everything
+                # after it.
+                await self.outbox_cursor.done(local)
 
         # FIFO: batches are queued in the order the pipeline committed them.
         self._queue(job, f"events of {room_id}")
@@ -292,7 +297,11 @@ class FederationRooms:
         for pdu in pdus:
             if not isinstance(pdu, dict) or not isinstance(pdu.get("room_id"), str):
                 continue
-            retracted = await self.invites.on_retraction(origin, pdu)
+            try:
+                retracted = await self.invites.on_retraction(origin, pdu)
+            except Exception:
+                logger.exception("failed to process a PDU from %s", origin)
+                continue
             if retracted is not None:
                 results[retracted[0]] = retracted[1]
                 continue
@@ -569,16 +578,20 @@ class FederationRooms:
             raise MatrixError(404, Codes.NOT_FOUND, f"Unknown room {room_id}")
         await self.check_acl(room_id, origin)
         if membership == "join":
-            pdu = await countersign_join(self.s, rv, room_id, pdu)
+            await self.s.rooms.check_not_blocked(room_id)
         try:
+            # Well formed and ours to take before we countersign it (a restricted join);
+            # the signatures are checked after, ours among them.
+            check_well_formed(pdu, rv)
+            event = Event(dict(pdu), rv)
+            self._check_member_event(origin, room_id, event_id, event, membership)
+            if membership == "join":
+                pdu = await countersign_join(self.s, rv, room_id, event.pdu_json())
             event = await self.check_pdu(pdu, rv)
         except PduRejected as e:
             raise MatrixError(400, Codes.BAD_JSON,
                               f"Invalid {membership} event: {e.reason}") from None
-        if (event.event_id != event_id or event.room_id != room_id or event.type != MEMBER
-                or event.membership != membership or event.state_key != event.sender):
-            raise MatrixError(400, Codes.BAD_JSON, f"Not a {membership} event for this room")
-        self._check_user_origin(origin, event.sender)
+        self._check_member_event(origin, room_id, event_id, event, membership)
         result = await self.receive(origin, event)
         if result.verdict is not Verdict.ACCEPTED:
             raise MatrixError(
@@ -586,6 +599,13 @@ class FederationRooms:
                 f"The {membership} was not accepted: {result.reason or 'soft-failed'}",
             )
         return event
+
+    def _check_member_event(self, origin: str, room_id: str, event_id: str, event: Event,
+                            membership: str) -> None:
+        if (event.event_id != event_id or event.room_id != room_id or event.type != MEMBER
+                or event.membership != membership or event.state_key != event.sender):
+            raise MatrixError(400, Codes.BAD_JSON, f"Not a {membership} event for this room")
+        self._check_user_origin(origin, event.sender)
 
     async def send_leave(self, origin: str, room_id: str, event_id: str,
                          pdu: JsonDict) -> JsonDict:
@@ -658,6 +678,7 @@ class FederationRooms:
         """Join a room this server is not in through one of ``servers`` (tried in turn),
         after the server that invited the user, before the servers our stale view of a room
         we left knows."""
+        await self.s.rooms.check_not_blocked(room_id)
         errors = []
         refusals = []
         versions = sorted(KNOWN_ROOM_VERSIONS)
@@ -687,6 +708,8 @@ class FederationRooms:
         response = await client.get_json(
             server, f"/_matrix/federation/v1/make_join/{q(room_id)}/{q(user_id)}",
             {"ver": list(versions)})
+        if not isinstance(response, dict) or not isinstance(response.get("event"), dict):
+            raise ValueError("make_join answered without an event template")
         rv = get_room_version(response["room_version"])
         template = response["event"]
         offered = template.get("content") if isinstance(template, dict) else None
@@ -699,6 +722,8 @@ class FederationRooms:
         pdu = join.pdu_json()
         response = await client.put_json(
             server, f"/_matrix/federation/v2/send_join/{q(room_id)}/{q(join.event_id)}", pdu)
+        if not isinstance(response, dict):
+            raise ValueError("send_join answered with no object")
         if isinstance(response.get("event"), dict):
             # The resident server may have countersigned it (restricted joins).
             signed = Event(response["event"], rv)

@@ -94,6 +94,7 @@ class FederationInvites:
                               f"Room version {room_version} is not supported",
                               room_version=room_version)
         rv = get_room_version(room_version)
+        await self.s.rooms.check_not_blocked(room_id)
         known = await self.rooms.room_version(room_id)
         if known is not None:
             if known is not rv:
@@ -195,22 +196,43 @@ class FederationInvites:
                 or not self.rooms._is_local(user_id)):
             return None
         # A resident refusing a knock (its kick) is stored the same way.
-        invite = await self.pending(room_id, user_id, ("invite", "knock"))
-        if invite is None or await self.rooms._has_local_members(room_id):
+        if await self.rooms._has_local_members(room_id):
             return None
+        invite = await self.pending(room_id, user_id, ("invite", "knock"))
+        if invite is None or origin not in self._retractors(invite):
+            return None  # only the inviter's server (or a knock's resident) may withdraw it
         rv = invite.event.room_version
         try:
             event = await self.rooms.check_pdu(pdu, rv)
             self.rooms._check_user_origin(origin, event.sender)
-        except PduRejected as e:
-            return Event(dict(pdu), rv).event_id, {"error": e.reason}
-        except MatrixError as e:
-            return Event(dict(pdu), rv).event_id, {"error": e.message}
+        except (PduRejected, MatrixError) as e:
+            event_id = pdu.get("event_id") if isinstance(pdu.get("event_id"), str) else None
+            try:
+                event_id = event_id or Event(dict(pdu), rv).event_id
+            except Exception:
+                return None
+            return event_id, {"error": e.reason if isinstance(e, PduRejected) else e.message}
         if event.sender == user_id:
             return None  # the user's own leave: made here, or through us
         position = await self.store.add(event, [], self.s.clock.time_ms())
         self._notify(position, user_id)
         return event.event_id, {}
+
+    def _retractors(self, invite: OutOfBandMembership) -> list[str]:
+        """The servers that may withdraw an out-of-band invite (the inviter's) or knock (the
+        residents it went through, else the room ID's server)."""
+        senders = ([invite.sender] if invite.membership == "invite"
+                   else [e.get("sender") for e in invite.stripped_state if isinstance(e, dict)])
+        servers = []
+        for sender in senders:
+            try:
+                if isinstance(sender, str):
+                    servers.append(get_domain(sender))
+            except InvalidIdentifier:
+                continue
+        if invite.membership != "invite":
+            servers += self.rooms.room_servers(invite.room_id)
+        return [x for x in servers if x != self.server_name]
 
     # == answering an out-of-band invite =====================================================
     async def pending(self, room_id: str, user_id: str, memberships: tuple[str, ...] = ("invite",)
@@ -274,6 +296,8 @@ class FederationInvites:
         client = self.s.federation_client
         made = await client.get_json(
             server, f"/_matrix/federation/v1/make_leave/{q(room_id)}/{q(user_id)}")
+        if not isinstance(made, dict) or not isinstance(made.get("event"), dict):
+            raise ValueError("make_leave answered without an event template")
         if made.get("room_version", rv.identifier) != rv.identifier:
             raise ValueError("make_leave answered another room version")
         leave = membership_from_template(

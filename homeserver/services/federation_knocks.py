@@ -117,6 +117,8 @@ class FederationKnocks:
         made = await client.get_json(
             server, f"/_matrix/federation/v1/make_knock/{q(room_id)}/{q(user_id)}",
             {"ver": sorted(KNOWN_ROOM_VERSIONS)})
+        if not isinstance(made, dict) or not isinstance(made.get("event"), dict):
+            raise ValueError("make_knock answered without an event template")
         rv = get_room_version(made["room_version"])
         if not rv.knock_join_rule:
             raise ValueError(f"room version {rv.identifier} has no knocking")

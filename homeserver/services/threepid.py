@@ -3,10 +3,10 @@
 A client asks for a token (``…/email/requestToken`` with a ``client_secret`` and a
 ``send_attempt``; a retry with the same attempt sends nothing and returns the same ``sid``).
 We email a link carrying a random token; opening it (GET) or posting the token to the
-``submit_url`` validates the session. A validated session is then spent once: binding the
-address (``/account/3pid/add``), or as the ``m.login.email.identity`` stage of
-user-interactive auth (registration, password reset). Tokens are stored as SHA-256 digests;
-five wrong tokens end the session (429).
+``submit_url`` validates the session (a password reset's GET only shows a confirming form).
+A validated session is then spent once: binding the address (``/account/3pid/add``), or as
+the ``m.login.email.identity`` stage of user-interactive auth (registration, password
+reset). Tokens are stored as SHA-256 digests; five wrong tokens end the session (429).
 """
 
 from __future__ import annotations
@@ -106,6 +106,11 @@ class ThreepidService:
             and urlsplit(next_link).scheme in ("http", "https") and urlsplit(next_link).netloc
         ):
             raise _invalid("'next_link' must be an http(s) URL")
+        allowed = self.config.email.next_link_domain_whitelist
+        if next_link is not None and allowed is not None and (
+            (urlsplit(next_link).hostname or "") not in allowed
+        ):
+            raise _invalid("'next_link' points at a domain this server does not allow")
         owner = await self.store.user_for(EMAIL, email)
         if purpose in (REGISTER, ADD) and owner is not None:
             raise MatrixError(400, "M_THREEPID_IN_USE", "This email address is already in use")
@@ -137,8 +142,10 @@ class ThreepidService:
         return {"sid": session.session_id, "submit_url": self.submit_url}
 
     # -- submitToken ---------------------------------------------------------------------------
-    async def submit_token(self, sid: object, client_secret: object,
-                           token: object) -> ThreepidSession:
+    async def submit_token(self, sid: object, client_secret: object, token: object, *,
+                           confirm: bool = True) -> ThreepidSession:
+        """Check the token and validate the session; with ``confirm=False`` (a GET of the
+        link) a password-reset session is only checked, left for the confirming POST."""
         for name, value in (("sid", sid), ("client_secret", client_secret), ("token", token)):
             if not isinstance(value, str) or not value or len(value) > 255:
                 raise MatrixError(400, Codes.MISSING_PARAM, f"Missing parameter: {name}")
@@ -150,7 +157,8 @@ class ThreepidService:
         if not hmac.compare_digest(_digest(token), session.token_hash):
             await self.store.record_failure(sid)
             raise _auth_failed("Wrong token")
-        await self.store.mark_validated(sid, self.clock.time_ms())
+        if confirm or session.purpose != PASSWORD:
+            await self.store.mark_validated(sid, self.clock.time_ms())
         return session
 
     async def _session(self, sid: str, client_secret: object) -> ThreepidSession:

@@ -330,14 +330,17 @@ def persist_many_txn(txn: Txn, requests: Sequence[PersistRequest]) -> list[Persi
     index_relations_txn(txn, indexed)
     index_search_txn(txn, indexed)
     total = sum(len(st.request.items) for st in staged if not st.request.backfilled)
-    # From here on the 'events' stream row is locked until commit: keep it short.
-    row = txn.execute(
-        "UPDATE stream_positions SET position = position + ? WHERE stream = ?"
-        " RETURNING position",
-        (total, EVENTS_STREAM),
-    ).fetchone()
-    assert row is not None
-    position = int(row[0]) - total + 1
+    position = 0
+    if total:
+        # From here on the 'events' stream row is locked until commit: keep it short (and
+        # a backfill-only batch does not take it at all, so live sends never wait on one).
+        row = txn.execute(
+            "UPDATE stream_positions SET position = position + ? WHERE stream = ?"
+            " RETURNING position",
+            (total, EVENTS_STREAM),
+        ).fetchone()
+        assert row is not None
+        position = int(row[0]) - total + 1
     back_total = sum(len(st.request.items) for st in staged if st.request.backfilled)
     back_position = 0
     if back_total:

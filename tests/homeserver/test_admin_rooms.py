@@ -203,6 +203,9 @@ async def test_delete_room_v2_in_the_background(hs: RunningServer) -> None:
     assert status == 200
     assert await call(hs, "GET", f"{V1}/rooms/{q(unknown)}/block", tok) == (
         200, {"block": True, "user_id": admin.user_id})
+    # Joining it by ID (a remote join, no local member) is refused as blocked.
+    r = await c.call("POST", f"/rooms/{q(unknown)}/join", {}, token=admin.access_token)
+    assert (r.status, r.json()["errcode"]) == (403, "M_FORBIDDEN")
 
 
 @pytest_twisted.ensureDeferred

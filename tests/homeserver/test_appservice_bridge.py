@@ -589,3 +589,45 @@ async def test_bridge_on_loopback_needs_only_the_app_service_switch(
             await _start(tmp, db_config, app, outbound_requests=closed)
     finally:
         await app.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_does_not_wait_for_a_silent_service(
+    db_config: DatabaseConfig, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction in flight to a service that never answers is cancelled at shutdown,
+    without a retry's backoff after it: stopping takes moments, not the backoff."""
+    from twisted.internet.protocol import Factory, Protocol
+
+    from homeserver.services.appservice import sender
+
+    monkeypatch.setattr(sender, "MIN_BACKOFF_S", 120.0)
+    received: list[bytes] = []
+
+    class Silent(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            received.append(data)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+    tmp = str(tmp_path)
+    reg = Registration.make("instagram", "ig", SERVER)
+    path = os.path.join(tmp, "silent.yaml")
+    with open(path, "w") as f:
+        f.write(reg.to_yaml(f"http://127.0.0.1:{port.getHost().port}"))
+    try:
+        hs = await start_server(tmp, db_config, app_service_config_files=[path])
+        try:
+            r = await request("POST", Client(hs.client_url).url("/createRoom"), {},
+                              access_token=reg.as_token)
+            assert r.status == 200, r.body
+            for _ in range(100):  # the transaction's PUT has arrived
+                if b"PUT /_matrix/app/v1/transactions/" in b"".join(received):
+                    break
+                await task.deferLater(reactor, 0.05, lambda: None)
+            assert b"PUT /_matrix/app/v1/transactions/" in b"".join(received)
+        finally:
+            started = reactor.seconds()
+            await hs.stop()
+            assert reactor.seconds() - started < 5
+    finally:
+        await port.stopListening()

@@ -155,3 +155,27 @@ async def test_a_forged_event_in_the_gap_state_changes_nothing(
     head = await sb.events.get_room(room_id)
     assert head is not None and head.extremities == head_before.extremities
     assert await _topic(sb, room_id) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_event_stored_rejected_is_not_gap_state(
+    pair: tuple[RunningServer, RunningServer],
+) -> None:
+    sa, sb, _cb, _bob, room_id, _topic_id, newest = await _held_back_gap(pair)
+    # b.test holds the room's power levels as rejected: the state a.test gives for the gap
+    # (and the new event's auth events) cite it, so the fill is refused.
+    pl = await sb.pipeline.current_state_event(room_id, ("m.room.power_levels", ""))
+    assert pl is not None
+
+    def reject(txn: Txn) -> None:
+        txn.execute(
+            "UPDATE events SET rejected = ? WHERE event_nid ="
+            " (SELECT event_nid FROM event_nids WHERE event_id = ?)",
+            ("test", pl.event.event_id))
+
+    await sb.db.run("reject", reject)
+    sb.events.invalidate(pl.event.event_id)
+    results = await _deliver(sa, newest, "gap-rejected")
+    assert "error" in results[newest], results
+    assert await sb.events.get_event(newest) is None
+    assert await _topic(sb, room_id) is None

@@ -302,3 +302,30 @@ async def test_invite_refused_by_the_invitees_server(engine: str, tmp_path: Any)
         finally:
             await a.stop()
             await b.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_the_inviting_server_withdraws_an_invite(
+    pair: tuple[RunningServer, RunningServer],
+) -> None:
+    a, b = pair
+    sb = services(b)
+    ca, cb = Client(a.client_url), Client(b.client_url)
+    alice = await ca.register("alice")
+    bob = await cb.register("bob")
+    r = await ca.call("POST", "/createRoom", {"preset": "private_chat"}, alice.access_token)
+    room_id = r.json()["room_id"]
+    await _invited(ca, alice, room_id, bob.user_id)
+    invites = sb.federation.invites
+    assert await invites.pending(room_id, bob.user_id) is not None
+    # A third server's kick of bob (its own user as sender) is ignored.
+    forged = {"type": "m.room.member", "room_id": room_id, "state_key": bob.user_id,
+              "sender": "@mallory:c.test", "content": {"membership": "leave"},
+              "origin_server_ts": 1, "depth": 5, "prev_events": [], "auth_events": []}
+    assert await invites.on_retraction("c.test", forged) is None
+    # A malformed PDU from the inviting server is answered, not raised.
+    bad = dict(forged, sender=alice.user_id, signatures="nope", depth="x")
+    result = await invites.on_retraction("a.test", bad)
+    assert result is None or "error" in result[1]
+    assert await invites.pending(room_id, bob.user_id) is not None
+    assert room_id in (await sync(cb, bob))["rooms"]["invite"]

@@ -60,6 +60,21 @@ async def test_restricted_join_vouched_for_by_the_resident(
     # bob joins the allowed room, then the restricted one: alice vouches, a.test signs.
     r = await cb.call("POST", f"/join/{q(space_id)}?server_name=a.test", {}, bob.access_token)
     assert r.status == 200, r.body
+    # A join a.test would vouch for, with malformed signatures: 400, not countersigned.
+    rv, template = await sa.pipeline.template(
+        room_id, "m.room.member", bob.user_id,
+        {"membership": "join", "join_authorised_via_users_server": alice.user_id},
+        bob.user_id)
+    template["origin_server_ts"] = sa.clock.time_ms()
+    bad = dict(sign_event(add_hashes(template), rv, b.hs.signing_key, "b.test"),
+               signatures="nope")
+    try:
+        await sb.federation_client.put_json(
+            "a.test", f"/_matrix/federation/v2/send_join/{q(room_id)}/"
+            f"{q(Event(dict(bad), rv).event_id)}", bad)
+        raise AssertionError("a.test accepted a join with malformed signatures")
+    except HttpResponseError as e:
+        assert (e.status, e.errcode) == (400, "M_BAD_JSON")
     r = await cb.call("POST", f"/join/{q(room_id)}?server_name=a.test", {}, bob.access_token)
     assert r.status == 200, r.body
     member = await state_of(cb, bob, room_id, "m.room.member", bob.user_id)

@@ -236,6 +236,37 @@ async def test_password_reset_by_email(mail: tuple[RunningServer, SmtpServer]) -
 
 
 @pytest_twisted.ensureDeferred
+async def test_password_reset_link_needs_confirmation(
+        mail: tuple[RunningServer, SmtpServer]) -> None:
+    """Opening a reset link (GET: a mail scanner, a curious click) only shows a form; the
+    session is validated by the form's POST."""
+    hs, smtp = mail
+    c = Client(hs.client_url)
+    alice = await c.register("alice")
+    await _bind(c, smtp, alice, "alice@example.org", "bind")
+    r = await _request_token(c, "/account/password/email/requestToken", "alice@example.org",
+                             "reset")
+    sid = r.json()["sid"]
+    link = _link((await smtp.wait_for("alice@example.org", 2))[1])
+    query = f"sid={sid}&client_secret=reset&token={link['token']}"
+    r = await request("GET", f"{hs.client_url}{SUBMIT}?{query}")
+    page = r.body.decode()
+    assert r.status == 200 and "password reset was requested" in page
+    assert f'<form method="post" action="?{query.replace("&", "&amp;")}">' in page
+    body: dict[str, Any] = {"new_password": "n3w-pass"}
+    r = await c.call("POST", "/account/password", body)
+    auth = {"type": "m.login.email.identity", "session": r.json()["session"],
+            "threepid_creds": {"sid": sid, "client_secret": "reset"}}
+    r = await c.call("POST", "/account/password", {**body, "auth": auth})
+    assert (r.status, r.json()["errcode"]) == (401, "M_FORBIDDEN")  # GET validated nothing
+    r = await request("POST", f"{hs.client_url}{SUBMIT}?{query}",
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status == 200 and "validated" in r.body.decode(), r.body
+    r = await c.call("POST", "/account/password", {**body, "auth": auth})
+    assert (r.status, r.json()) == (200, {}), r.body
+
+
+@pytest_twisted.ensureDeferred
 async def test_email_off_by_default(hs: RunningServer) -> None:
     c = Client(hs.client_url)
     alice = await c.register("alice")
@@ -271,8 +302,10 @@ async def test_register_with_email(mail: tuple[RunningServer, SmtpServer]) -> No
     r = await request("GET", f"{hs.client_url}{SUBMIT}?sid={sid}&client_secret=reg"
                              f"&token={link['token']}")
     assert r.status == 200
-    assert ('<meta http-equiv="refresh" content="0; url=https://chat.example.org/#/register?'
-            'client_secret=reg&amp;sid=x">') in r.body.decode()
+    # No email.next_link_domain_whitelist: the link is shown, not followed automatically.
+    assert 'http-equiv="refresh"' not in r.body.decode()
+    assert ('<a href="https://chat.example.org/#/register?client_secret=reg&amp;sid=x">'
+            in r.body.decode())
     auth = {"type": "m.login.email.identity", "session": session,
             "threepid_creds": {"sid": sid, "client_secret": "reg"}}
     r = await c.call("POST", "/register", {**body, "auth": auth})
@@ -280,6 +313,45 @@ async def test_register_with_email(mail: tuple[RunningServer, SmtpServer]) -> No
     token = r.json()["access_token"]
     r = await c.call("GET", "/account/3pid", token=token)
     assert [t["address"] for t in r.json()["threepids"]] == ["carol@example.org"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_register_losing_the_email_race_leaves_no_account(
+        mail: tuple[RunningServer, SmtpServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two registrations validated the same address; the second one's bind fails (after its
+    in-use check passed): it answers M_THREEPID_IN_USE and its account is deactivated."""
+    hs, smtp = mail
+    c = Client(hs.client_url)
+    creds = []
+    for secret in ("a", "b"):
+        r = await c.call("POST", "/register/email/requestToken", {
+            "email": "erin@example.org", "client_secret": secret, "send_attempt": 1})
+        sid = r.json()["sid"]
+        msgs = await smtp.wait_for("erin@example.org", len(creds) + 1)
+        r = await c.call("POST", SUBMIT, {"sid": sid, "client_secret": secret,
+                                          "token": _link(msgs[-1])["token"]}, raw_path=True)
+        assert r.status == 200, r.body
+        creds.append({"sid": sid, "client_secret": secret})
+
+    async def register(name: str, threepid_creds: dict[str, str]) -> Any:
+        body = {"username": name, "password": "pa55-word"}
+        r = await c.call("POST", "/register", body)
+        auth = {"type": "m.login.email.identity", "session": r.json()["session"],
+                "threepid_creds": threepid_creds}
+        return await c.call("POST", "/register", {**body, "auth": auth})
+
+    assert (await register("erin", creds[0])).status == 200
+    store = hs.hs.services.threepids.store
+
+    async def nobody(medium: str, address: str) -> None:
+        return None
+
+    monkeypatch.setattr(store, "user_for", nobody)  # the race: the check saw no owner
+    r = await register("frank", creds[1])
+    assert (r.status, r.json()["errcode"]) == (400, "M_THREEPID_IN_USE")
+    user = await hs.hs.services.users.get("@frank:test.local")
+    assert user is None or user.deactivated
+    assert (await c.login("@frank:test.local", "pa55-word")).status == 403
 
 
 @pytest_twisted.ensureDeferred
@@ -301,3 +373,29 @@ async def test_mailer_requires_starttls_when_asked() -> None:
         await plain.send("x@example.org", "hi", "body ünïcode")
         (got,) = smtp.to("x@example.org")
         assert got.subject == "hi" and "body ünïcode" in got.plain()
+
+
+@pytest_twisted.ensureDeferred
+async def test_next_link_domain_whitelist(db_config: DatabaseConfig, tmp_path: object) -> None:
+    """With email.next_link_domain_whitelist, other domains are refused at requestToken and
+    the listed ones are redirected to once validated."""
+    with smtp_server() as smtp:
+        hs = await start_server(str(tmp_path), db_config, email={
+            **smtp.config(), "next_link_domain_whitelist": ["chat.example.org"]})
+        try:
+            c = Client(hs.client_url)
+            body = {"email": "carol@example.org", "client_secret": "reg", "send_attempt": 1}
+            for evil in ("https://evil.example/", "https://chat.example.org.evil.example/"):
+                r = await c.call("POST", "/register/email/requestToken",
+                                 {**body, "next_link": evil})
+                assert (r.status, r.json()["errcode"]) == (400, "M_INVALID_PARAM")
+            r = await c.call("POST", "/register/email/requestToken",
+                             {**body, "next_link": "https://chat.example.org/#/back"})
+            assert r.status == 200, r.body
+            link = _link((await smtp.wait_for("carol@example.org"))[0])
+            r = await request("GET", f"{hs.client_url}{SUBMIT}?sid={r.json()['sid']}"
+                                     f"&client_secret=reg&token={link['token']}")
+            assert ('<meta http-equiv="refresh" content="0; url=https://chat.example.org/#/back">'
+                    in r.body.decode())
+        finally:
+            await hs.stop()

@@ -78,7 +78,12 @@ def register(router: Router, s: Services) -> None:
                 raise MatrixError(400, "M_THREEPID_IN_USE", "This email address is in use")
             await s.accounts.register(user_id, password, registration_token=token)
             if isinstance(email, ThreepidSession):
-                await s.threepids.bind(user_id, email)
+                try:
+                    await s.threepids.bind(user_id, email)
+                except Exception:
+                    # Bound by someone else meanwhile: leave no account behind.
+                    await s.accounts.deactivate(user_id)
+                    raise
         except BaseException:
             if token is not None:
                 await release_registration_token(s.db, token)

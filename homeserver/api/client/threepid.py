@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlencode, urlsplit
 
 from homeserver.http.errors import MatrixError
 from homeserver.http.request import HomeserverRequest
@@ -20,11 +21,13 @@ _PAGE = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{title}</tit
          "</head><body><p>{message}</p>{link}</body></html>")
 
 
-def _page(status: int, title: str, message: str, next_link: str | None = None) -> RawResponse:
-    head = link = ""
+def _page(status: int, title: str, message: str, next_link: str | None = None,
+          extra: str = "", redirect: bool = False) -> RawResponse:
+    head, link = "", extra
     if next_link is not None:
         url = html.escape(next_link, quote=True)
-        head = f'<meta http-equiv="refresh" content="0; url={url}">'
+        if redirect:  # only to a domain of email.next_link_domain_whitelist
+            head = f'<meta http-equiv="refresh" content="0; url={url}">'
         link = f'<p><a href="{url}">Continue</a></p>'
     body = _PAGE.format(title=html.escape(title), message=html.escape(message), head=head,
                         link=link)
@@ -38,24 +41,41 @@ def register(router: Router, s: Services) -> None:
             return 200, await s.threepids.request_token(purpose, request.json_object())
         return handler
 
-    async def submit_token_post(request: HomeserverRequest) -> JsonResponse:
+    async def submit_token_post(request: HomeserverRequest) -> JsonResponse | RawResponse:
+        if request.query_param("sid") is not None:
+            # The confirmation form of a password-reset link (see submit_token_get).
+            return await submit_link(request, True)
         body = request.json_object()
         await s.threepids.submit_token(body.get("sid"), body.get("client_secret"),
                                        body.get("token"))
         return 200, {"success": True}
 
     async def submit_token_get(request: HomeserverRequest) -> RawResponse:
-        """The link in the email, opened in a browser: an HTML page either way."""
+        """The link in the email, opened in a browser: an HTML page either way. A password
+        reset is not validated by the GET (mail scanners follow links): it asks to confirm
+        with a form that POSTs the same link."""
+        return await submit_link(request, False)
+
+    async def submit_link(request: HomeserverRequest, confirm: bool) -> RawResponse:
+        params = {k: request.query_param(k) for k in ("sid", "client_secret", "token")}
         try:
-            session = await s.threepids.submit_token(request.query_param("sid"),
-                                                     request.query_param("client_secret"),
-                                                     request.query_param("token"))
+            session = await s.threepids.submit_token(*params.values(), confirm=confirm)
         except MatrixError as e:
             return _page(e.status, "Validation failed", f"This link does not work: {e.message}")
+        if session.purpose == PASSWORD and not confirm:
+            action = html.escape("?" + urlencode(params), quote=True)
+            form = (f'<form method="post" action="{action}">'
+                    '<button type="submit">Yes, reset my password</button></form>')
+            return _page(200, "Confirm password reset",
+                         "A password reset was requested for the account with this email "
+                         "address. If it was not you, close this page: nothing changes.",
+                         extra=form)
         if session.next_link is not None:
             # The client asked to be brought back (Element's registration continues there).
             return _page(200, "Email validated", "Your email address has been validated.",
-                         session.next_link)
+                         session.next_link,
+                         redirect=urlsplit(session.next_link).hostname
+                         in (s.config.email.next_link_domain_whitelist or ()))
         return _page(200, "Email validated",
                      "Your email address has been validated. Return to your client to "
                      "continue.")

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from twisted.internet import defer
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 
 from federation.transport.client import read_body
@@ -93,6 +93,12 @@ class AppServiceClient:
         except Exception as e:
             if timed_out:
                 raise AppServiceUnreachable(f"no answer within {limit}s") from None
+            if isinstance(e, defer.CancelledError) or (
+                isinstance(e, ResponseNeverReceived)
+                and any(f.check(defer.CancelledError) for f in e.reasons)
+            ):
+                # Cancelled by the caller (shutdown): not the service's failure.
+                raise defer.CancelledError() from e
             raise AppServiceUnreachable(f"{type(e).__name__}: {e}") from e
         finally:
             if call.active():

@@ -164,6 +164,8 @@ class AppServiceSender:
                     self._dirty = False
                     if not await self._build():
                         continue
+                if not self._running:  # stopped while the transaction was built
+                    return
                 pending = self.pending
                 assert pending is not None
                 self._last_attempt = self.reactor.seconds()
@@ -214,6 +216,8 @@ class AppServiceSender:
 
     async def _sleep(self, seconds: float) -> None:
         """Wait ``seconds``, or less if stopped (new events do not cut a backoff short)."""
+        if not self._running:
+            return
         self._backoff = task.deferLater(self.reactor, seconds, lambda: None)
         try:
             await self._backoff

@@ -252,9 +252,13 @@ class SyncService:
         memberships = {m.room_id: (m.membership, m.event_id) for m in rows}
         out_of_band = {}
         if self.out_of_band is not None:
-            for o in await self.out_of_band.latest(user_id):
+            rows_oob = await self.out_of_band.latest(user_id)
+            # The room-state memberships these compete with, in one read.
+            ids = [memberships[o.room_id][1] for o in rows_oob if o.room_id in memberships]
+            members = await self.events.get_events(ids) if ids else {}
+            for o in rows_oob:
                 known = memberships.get(o.room_id)
-                member = await self.events.get_event(known[1]) if known else None
+                member = members.get(known[1]) if known else None
                 # Newer than what the room's (possibly stale) state says.
                 if member is None or member.stream_ordering < o.stream_ordering:
                     memberships[o.room_id] = (o.membership, o.event_id)
