@@ -106,6 +106,10 @@ class HomeServer:
         await self.services.presence.start()
         await self.services.push.start()
 
+    def _is_app_service_token(self, token: str) -> bool:
+        return self.services is not None and \
+            self.services.appservices.by_token(token) is not None
+
     def _register_routes(self, services: Services) -> None:
         versions.register(self.router, self.config)
         metrics.register(self.router, services, self.reactor)
@@ -133,6 +137,7 @@ class HomeServer:
                 self.config.max_json_body_bytes,
                 x_forwarded=listener.x_forwarded,
                 max_concurrent_per_client=self.config.max_concurrent_requests_per_client,
+                concurrency_exempt=self._is_app_service_token,
             )
             if listener.tls:
                 ctx = tls.server_context(

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from prometheus_client import Counter, Histogram
@@ -268,8 +269,10 @@ class ClientConcurrency:
 
     RETRY_AFTER_MS = 1000
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, exempt: Callable[[str], bool] | None = None) -> None:
         self.limit = limit
+        # Tokens not counted: an application service's acts for many users at once.
+        self.exempt = exempt
         self._counts: dict[str, int] = {}
 
     @staticmethod
@@ -285,7 +288,7 @@ class ClientConcurrency:
     def enter(self, request: HomeserverRequest) -> str | None:
         """Count the request in, or raise 429; returns the key to ``leave`` with."""
         key = self.key_of(request)
-        if key is None:
+        if key is None or (self.exempt is not None and self.exempt(key)):
             return None
         count = self._counts.get(key, 0)
         if count >= self.limit:
@@ -321,13 +324,14 @@ class HomeserverSite(server.Site):
         max_body_bytes: int,
         x_forwarded: bool = False,
         max_concurrent_per_client: int | None = None,
+        concurrency_exempt: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__(RootResource(router, resources))
         self.router = router
         self.x_forwarded = x_forwarded
         self.max_body_bytes = max_body_bytes
         # None: no per-client cap on requests in flight.
-        self.concurrency = (ClientConcurrency(max_concurrent_per_client)
+        self.concurrency = (ClientConcurrency(max_concurrent_per_client, concurrency_exempt)
                             if max_concurrent_per_client else None)
         self.in_flight: set[HomeserverRequest] = set()
         # Open connections, so shutdown can close idle keep-alive ones.

@@ -71,7 +71,9 @@ class PostgresDatabase(Database):
                     raise
                 logger.info("retrying transaction after a serialization failure (%d)", attempt)
             except PoolTimeout as e:
-                self._down = True
+                # Down only if the pool holds no connection at all: a pool that is merely
+                # saturated (every connection busy) is load, and must keep the full wait.
+                self._down = self._conns.get_stats().get("pool_size", 0) == 0
                 raise DatabaseUnavailable(f"no PostgreSQL connection within {wait:g}s") from e
             except psycopg.OperationalError as e:
                 broken = used is None or used.broken

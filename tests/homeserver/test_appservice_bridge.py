@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 
 from homeserver.config import ConfigError, DatabaseConfig
 from tests.support.appservice import FakeAppService, Registration
@@ -631,3 +631,34 @@ async def test_shutdown_does_not_wait_for_a_silent_service(
             assert reactor.seconds() - started < 5
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_app_service_token_is_not_one_client_for_the_concurrency_cap(
+    db_config: DatabaseConfig, tmp_path: object
+) -> None:
+    """limits.max_concurrent_requests_per_client counts requests per access token; a bridge's
+    as_token acts for all its users at once, so it is not capped as one client."""
+    app = FakeAppService(Registration.make("instagram", "ig", SERVER))
+    app.start()
+    try:
+        hs = await _start(str(tmp_path), db_config, app,
+                          limits={"max_concurrent_requests_per_client": 2})
+        try:
+            v3 = hs.client_url + "/_matrix/client/v3"
+            first = await request("GET", v3 + "/sync?timeout=0", None,
+                                  access_token=app.reg.as_token)
+            assert first.status == 200, first.body
+            since = q(first.json()["next_batch"])
+            polls = [defer.ensureDeferred(request(
+                "GET", v3 + f"/sync?since={since}&timeout=1500", None,
+                access_token=app.reg.as_token)) for _ in range(4)]
+            await task.deferLater(reactor, 0.3, lambda: None)
+            r = await request("GET", v3 + "/account/whoami", None,
+                              access_token=app.reg.as_token)
+            assert r.status == 200, r.body
+            assert [p.status for p in await defer.gatherResults(polls)] == [200] * 4
+        finally:
+            await hs.stop()
+    finally:
+        await app.stop()
